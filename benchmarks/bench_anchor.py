@@ -1,0 +1,80 @@
+"""Time ``polyphase_anchor`` against ``x.clone()`` of the same tensor, in the same run.
+
+A clone reads and writes the tensor once: the least any op that returns a new rolled tensor can
+cost. The ratio anchor / clone is printed as a Markdown table (median of ``--repeats`` runs,
+interleaved so that both see the same machine state).
+
+    python benchmarks/bench_anchor.py [--device cuda] [--repeats 15]
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+import equivit
+
+CASES: list[tuple[tuple[int, int, int, int], int]] = [
+    ((64, 3, 224, 224), 16),
+    ((64, 64, 56, 56), 7),
+    *[((64, 3, 224, 224), stride) for stride in (2, 4, 8)],
+    ((64, 3, 224, 224), 14),
+]
+
+
+def timed(function: Callable[[], object], device: torch.device) -> float:
+    """Wall time of one call in milliseconds (synchronising CUDA)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    function()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return (time.perf_counter() - start) * 1e3
+
+
+def measure(
+    shape: tuple[int, int, int, int], stride: int, device: torch.device, dtype: torch.dtype, repeats: int
+) -> tuple[float, float]:
+    """Median milliseconds of clone and of polyphase_anchor, interleaved."""
+    x = torch.randn(shape, device=device, dtype=dtype)
+    clone_times, anchor_times = [], []
+    for _ in range(3):  # warm-up
+        x.clone()
+        equivit.polyphase_anchor(x, stride)
+    for _ in range(repeats):
+        clone_times.append(timed(x.clone, device))
+        anchor_times.append(timed(lambda: equivit.polyphase_anchor(x, stride), device))
+    return statistics.median(clone_times), statistics.median(anchor_times)
+
+
+def main() -> None:
+    """Print the table."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--repeats", type=int, default=15)
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    dtype = getattr(torch, args.dtype)
+    name = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    )
+    print(f"device: {device.type} ({name}); torch {torch.__version__}; dtype {args.dtype}; median of {args.repeats}")
+    print()
+    print("| input (B, C, H, W) | stride | clone ms | anchor ms | anchor / clone |")
+    print("|---|---|---|---|---|")
+    for shape, stride in CASES:
+        clone_ms, anchor_ms = measure(shape, stride, device, dtype, args.repeats)
+        print(f"| {shape} | {stride} | {clone_ms:.2f} | {anchor_ms:.2f} | {anchor_ms / clone_ms:.2f}x |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

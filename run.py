@@ -1,0 +1,68 @@
+#!/usr/bin/env python3
+"""One command for each job, on a machine with only Python 3.10+ and pip.
+
+    python run.py demo     # set up .venv, install equivit, run the demo (stock timm vs anchored)
+    python run.py test     # set up .venv, install equivit with test extras, run ruff and pytest
+    python run.py test --slow   # also the slow sweeps (inductor compiles, model sweeps)
+    python run.py bench    # set up .venv, run the benchmarks in benchmarks/
+
+The virtual environment lives in .venv next to this file; it is created on first use and
+updated whenever pyproject.toml changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+VENV = ROOT / ".venv"
+PYTHON = VENV / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
+
+
+def run(*command: str | Path) -> None:
+    """Run a command from the repository root; exit with its status if it fails."""
+    print("+", " ".join(str(part) for part in command), flush=True)
+    status = subprocess.call([str(part) for part in command], cwd=ROOT)
+    if status:
+        raise SystemExit(status)
+
+
+def ensure_environment(extras: str) -> None:
+    """Create .venv and install the package with ``extras`` unless already done for this pyproject."""
+    if not PYTHON.exists():
+        venv.EnvBuilder(with_pip=True).create(VENV)
+    stamp = VENV / f".installed-{extras}"
+    digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    if stamp.exists() and stamp.read_text() == digest:
+        return
+    run(PYTHON, "-m", "pip", "install", "--quiet", "--upgrade", "pip")
+    run(PYTHON, "-m", "pip", "install", "--quiet", "-e", f".[{extras}]")
+    stamp.write_text(digest)
+
+
+def main(argv: list[str]) -> None:
+    """Dispatch ``demo``, ``test`` or ``bench``."""
+    job = argv[0] if argv else "demo"
+    rest = argv[1:]
+    if job == "demo":
+        ensure_environment("photos")
+        run(PYTHON, "-m", "equivit.demo", *rest)
+    elif job == "test":
+        ensure_environment("test")
+        run(PYTHON, "-m", "ruff", "check", "src", "tests", "benchmarks", "run.py")
+        slow = ["-m", "slow or not slow"] if "--slow" in rest else []
+        run(PYTHON, "-m", "pytest", "-q", *slow, *[arg for arg in rest if arg != "--slow"])
+    elif job == "bench":
+        ensure_environment("test")
+        run(PYTHON, "benchmarks/bench_anchor.py", *rest)
+    else:
+        raise SystemExit(f"unknown job {job!r}: use demo, test or bench")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,291 @@
+"""Adaptive polyphase anchoring: roll each sample so that its strongest polyphase component leads.
+
+A strided or windowed operator with period ``(sh, sw)`` sees only one of the ``sh * sw``
+polyphase components ``x[..., i::sh, j::sw]`` at its grid points. Circularly shifting the input
+changes which component that is, and so changes the output. Anchoring picks the component from
+its content (the one of largest energy) and rolls the input so that it sits at ``(0, 0)``. A shift
+of the input moves the chosen component with it, so after anchoring the operator sees the same
+content up to a roll by whole periods: its output is exactly a circular shift of the unshifted
+output. Ding et al., "Reviving Shift Equivariance in Vision Transformers" (2023).
+
+Choosing the component:
+
+1. **Energy.** The L1 norm of each component (default; L2 is available). After a LayerNorm
+   every token has nearly the same L2 norm and L2 energies tie, so L1 is the default. Energies
+   are accumulated in float64 whatever the input dtype (float32 on MPS, which has no float64).
+2. **Ties, from content only.** Equal energies are common on synthetic images (binary, constant,
+   stripes, checkerboards, dots). ``argmax`` would take the first index, which is not
+   shift-consistent. Instead each candidate is ranked by the whole energy grid read from its
+   own position: the rotations of the grid are compared lexicographically (see
+   :mod:`equivit.canonical`), which a shift of the input cannot change. Candidates still tied
+   are ranked by the same comparison on a finer energy grid, of period ``m * stride`` up to 32
+   pixels per axis where the size allows, which sees how the components are arranged against
+   each other (it separates, for instance, stripes two pixels wide under stride 2).
+3. **What remains.** Candidates whose rotated coarse and fine energy grids are both identical
+   are tied for good; the first index is taken and exactness can be lost. Structure coarser
+   than the fine grid is invisible to it: stripes or checkerboard cells wider than half its
+   period, or two equal dots farther apart than it resolves, can stay tied (mirror images of
+   each other look the same to every energy). When the fine grid covers the whole image every
+   remaining tie is harmless: the tied candidates give the same image up to whole periods.
+   Exact ties need exactly equal energies, which real photographs practically never have;
+   :func:`unresolved_ties` reports them.
+
+Exactness: a tie between candidates is only seen as a tie if their energies are summed without
+rounding, since the summation order follows the position in the image. Float64 accumulation is
+exact when, within a candidate, ``log2(count) + log2(largest / smallest nonzero |x|)`` stays below
+about 29 bits for float32 input (45 for bfloat16 or float16): quantised, binary and image data
+stay far inside this; continuous features only tie by accident of symmetry.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+
+from equivit.canonical import cyclic_rotation_rank
+from equivit.roll import roll_to_anchor
+
+__all__ = [
+    "Energy",
+    "anchor_offsets",
+    "anchor_scores",
+    "fine_multiplier",
+    "normalize_stride",
+    "polyphase_anchor",
+    "polyphase_energy",
+    "unresolved_ties",
+]
+
+Energy = Literal["l1", "l2"]
+
+_MAX_FINE_PERIOD = 32
+
+
+def normalize_stride(stride: int | tuple[int, int] | list[int]) -> tuple[int, int]:
+    """Turn an int or a pair into a pair of positive ints.
+
+    Args:
+        stride: One period for both axes, or ``(sh, sw)``.
+
+    Returns:
+        ``(sh, sw)``.
+
+    Raises:
+        ValueError: If the stride is not a positive int or a pair of them.
+    """
+    pair = (stride, stride) if isinstance(stride, int) else tuple(stride) if isinstance(stride, (tuple, list)) else ()
+    if len(pair) != 2 or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in pair):
+        raise ValueError(f"stride must be a positive int or a pair (sh, sw) of positive ints, got {stride!r}")
+    return pair  # type: ignore[return-value]
+
+
+def _check_input(x: torch.Tensor, stride: tuple[int, int], channels_last: bool, name: str) -> tuple[int, int]:
+    layout = "(B, H, W, C)" if channels_last else "(B, C, H, W)"
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} expects a torch.Tensor, got {type(x).__name__}")
+    if x.dim() != 4:
+        raise ValueError(f"{name} expects a 4-D tensor {layout}, got shape {tuple(x.shape)}")
+    if x.is_complex() or not (x.is_floating_point()):
+        raise ValueError(f"{name} expects a floating-point tensor, got dtype {x.dtype}")
+    height, width = (x.shape[1], x.shape[2]) if channels_last else (x.shape[2], x.shape[3])
+    if height == 0 or width == 0 or height % stride[0] or width % stride[1]:
+        raise ValueError(
+            f"{name}: spatial size H x W = {height} x {width} of input shape {tuple(x.shape)} "
+            f"is not a positive multiple of the stride {stride}; resize or crop the input so that "
+            f"H is a multiple of {stride[0]} and W a multiple of {stride[1]} "
+            f"(zero padding would break shift equivariance)"
+        )
+    return height, width
+
+
+def fine_multiplier(size: int, period: int) -> int:
+    """The multiplier ``m`` of the tie-breaking grid along one axis.
+
+    The largest ``m`` such that ``m * period`` divides ``size`` and is at most 32 (or 1 when the
+    period already exceeds 32). The tie-breaking energy grid has period ``m * period``.
+    """
+    blocks = size // period
+    return next(m for m in range(max(1, _MAX_FINE_PERIOD // period), 0, -1) if blocks % m == 0)
+
+
+def _accumulate_dtype(x: torch.Tensor) -> torch.dtype:
+    return torch.float32 if x.device.type == "mps" else torch.float64
+
+
+def polyphase_energy(
+    x: torch.Tensor,
+    period: int | tuple[int, int],
+    *,
+    energy: Energy = "l1",
+    channels_last: bool = False,
+) -> torch.Tensor:
+    """Energy of every polyphase component of period ``(ph, pw)``, in float64.
+
+    ``out[b, i, j]`` is the L1 norm (or squared L2 norm) of ``x[b, :, i::ph, j::pw]``.
+
+    Args:
+        x: Feature maps; ``H`` and ``W`` multiples of the period.
+        period: ``ph`` and ``pw``.
+        energy: ``"l1"`` (sum of absolute values) or ``"l2"`` (sum of squares).
+        channels_last: Whether ``x`` is laid out ``(B, H, W, C)``.
+
+    Returns:
+        Energies, float64 (float32 on MPS). NaN energies are replaced by ``inf``.
+
+    Shape:
+        - x: :math:`(B, C, H, W)`, or :math:`(B, H, W, C)` with ``channels_last=True``
+        - output: :math:`(B, p_h, p_w)`
+    """
+    ph, pw = normalize_stride(period)
+    height, width = _check_input(x, (ph, pw), channels_last, "polyphase_energy")
+    x = x.detach()
+    if channels_last:
+        view = x.reshape(x.shape[0], height // ph, ph, width // pw, pw, x.shape[3])
+        dims = (1, 3, 5)
+    else:
+        view = x.reshape(x.shape[0], x.shape[1], height // ph, ph, width // pw, pw)
+        dims = (1, 2, 4)
+    acc = _accumulate_dtype(x)
+    if energy == "l1":
+        out = torch.linalg.vector_norm(view, ord=1, dim=dims, dtype=acc)
+    elif energy == "l2":
+        out = torch.sum(torch.square(view.to(acc)), dim=dims)
+    else:
+        raise ValueError(f"energy must be 'l1' or 'l2', got {energy!r}")
+    return torch.nan_to_num(out, nan=torch.inf)
+
+
+def anchor_scores(
+    x: torch.Tensor,
+    stride: int | tuple[int, int],
+    *,
+    energy: Energy = "l1",
+    channels_last: bool = False,
+) -> torch.Tensor:
+    """Score of every candidate phase; the anchor is the phase of highest score.
+
+    The score orders candidates first by their energy grid read from their own position
+    (coarse period = ``stride``), then by the finer grid of period ``m * stride``. It depends only
+    on content: shifting the input by ``(a, b)`` rolls the score grid by ``(a, b)`` modulo the
+    stride. Equal top scores are ties that content could not break.
+
+    Args:
+        x: Feature maps; ``H`` and ``W`` multiples of the stride.
+        stride: ``sh`` and ``sw``, an int or a pair.
+        energy: ``"l1"`` (default) or ``"l2"``.
+        channels_last: Whether ``x`` is laid out ``(B, H, W, C)``.
+
+    Returns:
+        int64 scores.
+
+    Shape:
+        - x: :math:`(B, C, H, W)`, or :math:`(B, H, W, C)` with ``channels_last=True``
+        - output: :math:`(B, s_h, s_w)`
+    """
+    sh, sw = normalize_stride(stride)
+    height, width = _check_input(x, (sh, sw), channels_last, "anchor_scores")
+    mh, mw = fine_multiplier(height, sh), fine_multiplier(width, sw)
+    fine = polyphase_energy(x, (mh * sh, mw * sw), energy=energy, channels_last=channels_last)
+    batch = fine.shape[0]
+    coarse = fine.view(batch, mh, sh, mw, sw).sum(dim=(1, 3))
+    coarse_rank = cyclic_rotation_rank(coarse)
+    fine_rank = cyclic_rotation_rank(fine).view(batch, mh, sh, mw, sw).amax(dim=(1, 3))
+    return coarse_rank * fine.shape[1] * fine.shape[2] + fine_rank
+
+
+def anchor_offsets(
+    x: torch.Tensor,
+    stride: int | tuple[int, int],
+    *,
+    energy: Energy = "l1",
+    channels_last: bool = False,
+) -> torch.Tensor:
+    """Per-sample anchored phase ``(i, j)``, with ``0 <= i < sh`` and ``0 <= j < sw``.
+
+    Args:
+        x: Feature maps; ``H`` and ``W`` multiples of the stride.
+        stride: ``sh`` and ``sw``, an int or a pair.
+        energy: ``"l1"`` (default) or ``"l2"``.
+        channels_last: Whether ``x`` is laid out ``(B, H, W, C)``.
+
+    Returns:
+        int64 offsets, on the device of ``x``; no gradient flows through them.
+
+    Shape:
+        - x: :math:`(B, C, H, W)`, or :math:`(B, H, W, C)` with ``channels_last=True``
+        - output: :math:`(B, 2)`
+    """
+    scores = anchor_scores(x, stride, energy=energy, channels_last=channels_last)
+    sw = scores.shape[2]
+    best = scores.flatten(1).argmax(dim=1)
+    return torch.stack((torch.div(best, sw, rounding_mode="floor"), torch.remainder(best, sw)), dim=1)
+
+
+def unresolved_ties(
+    x: torch.Tensor,
+    stride: int | tuple[int, int],
+    *,
+    energy: Energy = "l1",
+    channels_last: bool = False,
+) -> torch.Tensor:
+    """Which samples have two or more candidate phases that content could not tell apart.
+
+    For such a sample the anchor falls back to the first index, and the result may not be
+    exactly shift-consistent (unless the tied candidates happen to give the same image up to
+    whole periods, as for a constant image or a one-pixel checkerboard).
+
+    Returns:
+        Booleans, one per sample.
+
+    Shape:
+        - x: :math:`(B, C, H, W)`, or :math:`(B, H, W, C)` with ``channels_last=True``
+        - output: :math:`(B,)`
+    """
+    scores = anchor_scores(x, stride, energy=energy, channels_last=channels_last).flatten(1)
+    return (scores == scores.amax(dim=1, keepdim=True)).sum(dim=1) > 1
+
+
+def polyphase_anchor(
+    x: torch.Tensor,
+    stride: int | tuple[int, int],
+    *,
+    energy: Energy = "l1",
+    channels_last: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Roll each sample so that its anchored polyphase component sits at ``(0, 0)``.
+
+    For any circular shift ``s``, ``polyphase_anchor(roll(x, s), stride)[0]`` equals
+    ``polyphase_anchor(x, stride)[0]`` rolled by whole periods (a multiple of the stride on
+    each axis), so a strided or windowed operator applied next sees the same content and its
+    output is an exact circular shift. The roll is a permutation: its gradient is the inverse
+    roll, and it runs as a single gather, vectorised over the batch, without host syncs.
+
+    Args:
+        x: Feature maps; ``H`` and ``W`` multiples of the stride.
+        stride: ``sh`` and ``sw``, an int or a pair.
+        energy: ``"l1"`` (default; robust after LayerNorm) or ``"l2"``.
+        channels_last: Whether ``x`` is laid out ``(B, H, W, C)`` (token maps).
+
+    Returns:
+        ``(y, offsets)``: ``y`` has the shape and dtype of ``x`` with
+        ``y[b] == torch.roll(x[b], (-offsets[b, 0], -offsets[b, 1]), dims=(H, W))``;
+        ``offsets`` is int64 ``(B, 2)``, the anchored phase of each sample.
+
+    Raises:
+        ValueError: If ``x`` is not a 4-D floating-point tensor, ``H`` or ``W`` is not a
+            positive multiple of the stride, or the stride or energy is invalid.
+
+    Shape:
+        - x: :math:`(B, C, H, W)`, or :math:`(B, H, W, C)` with ``channels_last=True``
+        - y: same as ``x``
+        - offsets: :math:`(B, 2)`
+
+    Example:
+        >>> x = torch.randn(2, 3, 32, 32)
+        >>> y, offsets = polyphase_anchor(x, 16)
+        >>> y.shape, offsets.shape
+        (torch.Size([2, 3, 32, 32]), torch.Size([2, 2]))
+    """
+    offsets = anchor_offsets(x, stride, energy=energy, channels_last=channels_last)
+    return roll_to_anchor(x, offsets, channels_last=channels_last), offsets

@@ -1,0 +1,103 @@
+"""Per-sample circular rolls by anchor offsets, as one gather.
+
+Every sample of a batch has its own anchor, so the roll differs per sample. A Python loop over the
+batch (or ``.item()``) would be slow and would break ``torch.compile``; a gather with modular
+indices is one pass over the data, differentiable (its gradient is the inverse roll) and traceable.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["roll_from_anchor", "roll_to_anchor"]
+
+
+def _flat_index(offsets: torch.Tensor, height: int, width: int, sign: int) -> torch.Tensor:
+    r"""Flat source index of each output position for a per-sample roll by ``sign * offsets``.
+
+    Shape:
+        - offsets: :math:`(B, 2)`
+        - output: :math:`(B, H \\cdot W)`
+    """
+    device = offsets.device
+    rows = torch.remainder(torch.arange(height, device=device) + sign * offsets[:, :1], height)
+    cols = torch.remainder(torch.arange(width, device=device) + sign * offsets[:, 1:], width)
+    return (rows[:, :, None] * width + cols[:, None, :]).reshape(offsets.shape[0], height * width)
+
+
+def _check(x: torch.Tensor, offsets: torch.Tensor, channels_last: bool) -> None:
+    layout = "(B, H, W, C)" if channels_last else "(B, C, H, W)"
+    if x.dim() != 4:
+        raise ValueError(f"expected a 4-D tensor {layout}, got shape {tuple(x.shape)}")
+    if offsets.dim() != 2 or offsets.shape[1] != 2 or offsets.shape[0] != x.shape[0]:
+        raise ValueError(
+            f"offsets must have shape (B, 2) = ({x.shape[0]}, 2) for an input of shape "
+            f"{tuple(x.shape)}, got {tuple(offsets.shape)}"
+        )
+    if offsets.dtype != torch.int64:
+        raise ValueError(f"offsets must be int64 (as polyphase_anchor returns them), got {offsets.dtype}")
+
+
+def _roll(x: torch.Tensor, offsets: torch.Tensor, channels_last: bool, sign: int) -> torch.Tensor:
+    _check(x, offsets, channels_last)
+    if channels_last:
+        batch, height, width, channels = x.shape
+        index = _flat_index(offsets, height, width, sign)[:, :, None].expand(batch, height * width, channels)
+        return torch.gather(x.reshape(batch, height * width, channels), 1, index).view(x.shape)
+    batch, channels, height, width = x.shape
+    index = _flat_index(offsets, height, width, sign)[:, None, :].expand(batch, channels, height * width)
+    return torch.gather(x.reshape(batch, channels, height * width), 2, index).view(x.shape)
+
+
+def roll_to_anchor(x: torch.Tensor, offsets: torch.Tensor, *, channels_last: bool = False) -> torch.Tensor:
+    """Roll each sample so that its anchored phase sits at the origin.
+
+    ``y[b] == torch.roll(x[b], shifts=(-offsets[b, 0], -offsets[b, 1]), dims=(H, W))``, for all
+    samples at once. Use it to apply the anchor found on one tensor to another of the same
+    spatial size (a shortcut branch, a mask, a second stream).
+
+    Args:
+        x: Feature maps.
+        offsets: Per-sample ``(row, column)`` offsets, int64, as returned by
+            :func:`equivit.polyphase_anchor` or :func:`equivit.anchor_offsets`. Any integers
+            are accepted; they are taken modulo ``H`` and ``W``.
+        channels_last: Whether ``x`` is laid out ``(B, H, W, C)`` (token maps of Swin, PVT,
+            Twins) instead of ``(B, C, H, W)``.
+
+    Returns:
+        The rolled tensor, same shape and dtype as ``x``.
+
+    Raises:
+        ValueError: If ``x`` is not 4-D or ``offsets`` is not int64 of shape ``(B, 2)``.
+
+    Shape:
+        - x: :math:`(B, C, H, W)`, or :math:`(B, H, W, C)` with ``channels_last=True``
+        - offsets: :math:`(B, 2)`
+        - output: same as ``x``
+    """
+    return _roll(x, offsets, channels_last, sign=1)
+
+
+def roll_from_anchor(y: torch.Tensor, offsets: torch.Tensor, *, channels_last: bool = False) -> torch.Tensor:
+    """Undo :func:`roll_to_anchor`: roll each sample back by its offsets.
+
+    ``roll_from_anchor(roll_to_anchor(x, offsets), offsets)`` equals ``x`` exactly. Layers that
+    anchor, transform and must return a map aligned with their input (window attention) use it.
+
+    Args:
+        y: Feature maps in the anchored frame.
+        offsets: The per-sample offsets the anchored frame was made with, int64.
+        channels_last: Whether ``y`` is laid out ``(B, H, W, C)``.
+
+    Returns:
+        The tensor in the original frame, same shape and dtype as ``y``.
+
+    Raises:
+        ValueError: If ``y`` is not 4-D or ``offsets`` is not int64 of shape ``(B, 2)``.
+
+    Shape:
+        - y: :math:`(B, C, H, W)`, or :math:`(B, H, W, C)` with ``channels_last=True``
+        - offsets: :math:`(B, 2)`
+        - output: same as ``y``
+    """
+    return _roll(y, offsets, channels_last, sign=-1)

@@ -1,0 +1,69 @@
+"""Reference checks shared by the tests."""
+
+from __future__ import annotations
+
+import itertools
+
+import torch
+
+import equivit
+
+
+def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Exact equality, NaN equal to NaN."""
+    return bool(((a == b) | (a.isnan() & b.isnan())).all())
+
+
+def is_whole_period_roll(
+    shifted: torch.Tensor, reference: torch.Tensor, stride: tuple[int, int], hint: tuple[int, int]
+) -> bool:
+    """Whether ``shifted`` equals ``reference`` rolled by whole periods (exact; tries ``hint`` first).
+
+    Shape:
+        - shifted, reference: :math:`(C, H, W)`
+    """
+    _, height, width = reference.shape
+    sh, sw = stride
+    if hint[0] % sh == 0 and hint[1] % sw == 0 and _same(torch.roll(reference, hint, dims=(1, 2)), shifted):
+        return True
+    return any(
+        _same(torch.roll(reference, (dy, dx), dims=(1, 2)), shifted)
+        for dy, dx in itertools.product(range(0, height, sh), range(0, width, sw))
+    )
+
+
+def anchor_consistency(x: torch.Tensor, stride: tuple[int, int], shift: tuple[int, int]) -> torch.Tensor:
+    """Per sample: anchoring ``roll(x, shift)`` gives ``anchor(x)`` rolled by whole periods, exactly.
+
+    Shape:
+        - x: :math:`(B, C, H, W)`
+        - output: :math:`(B,)` booleans
+    """
+    y, offsets = equivit.polyphase_anchor(x, stride)
+    y_shifted, offsets_shifted = equivit.polyphase_anchor(torch.roll(x, shift, dims=(2, 3)), stride)
+    # y_shifted == roll(y, shift - offsets_shifted + offsets) by construction; checked, not assumed.
+    relative = torch.tensor(shift) - offsets_shifted + offsets
+    return torch.tensor(
+        [
+            is_whole_period_roll(y_shifted[b].float(), y[b].float(), stride, (int(relative[b, 0]), int(relative[b, 1])))
+            for b in range(x.shape[0])
+        ],
+        dtype=torch.bool,
+    )
+
+
+def naive_l2_anchor(x: torch.Tensor, stride: tuple[int, int]) -> torch.Tensor:
+    """The anchor of the original A-PA code: plain argmax of float32 L2 energies (first max wins)."""
+    batch, channels, height, width = x.shape
+    sh, sw = stride
+    energy = x.reshape(batch, channels, height // sh, sh, width // sw, sw).square().sum(dim=(1, 2, 4))
+    best = energy.flatten(1).argmax(dim=1)
+    rolled = [torch.roll(x[b], (-(int(best[b]) // sw), -(int(best[b]) % sw)), dims=(1, 2)) for b in range(batch)]
+    return torch.stack(rolled)
+
+
+def naive_consistency(x: torch.Tensor, stride: tuple[int, int], shift: tuple[int, int]) -> torch.Tensor:
+    """Per sample consistency of :func:`naive_l2_anchor` (the negative control)."""
+    y = naive_l2_anchor(x, stride)
+    y_shifted = naive_l2_anchor(torch.roll(x, shift, dims=(2, 3)), stride)
+    return torch.tensor([is_whole_period_roll(y_shifted[b], y[b], stride, (0, 0)) for b in range(x.shape[0])])

@@ -1,0 +1,253 @@
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+import equivit
+from equivit.demo import load_photos
+from equivit.polyphase import fine_multiplier, normalize_stride
+from equivit.testing import FAMILIES, make_images
+from helpers import anchor_consistency, naive_consistency
+
+STRIDES = st.one_of(st.integers(1, 8), st.tuples(st.integers(1, 8), st.integers(1, 8)))
+DTYPES = st.sampled_from([torch.float32, torch.bfloat16])
+
+
+# --- smoke -----------------------------------------------------------------------------------
+
+
+def test_anchor_smoke() -> None:
+    x = torch.randn(2, 3, 32, 48)
+    y, offsets = equivit.polyphase_anchor(x, (8, 16))
+    assert y.shape == x.shape
+    assert y.dtype == x.dtype
+    assert offsets.shape == (2, 2)
+    assert offsets.dtype == torch.int64
+    assert bool((offsets[:, 0] < 8).all() and (offsets[:, 1] < 16).all() and (offsets >= 0).all())
+    for b in range(2):
+        expected = torch.roll(x[b], (-int(offsets[b, 0]), -int(offsets[b, 1])), dims=(1, 2))
+        assert torch.equal(y[b], expected)
+
+
+def test_anchor_picks_the_largest_l1_component() -> None:
+    x = torch.zeros(1, 2, 8, 8)
+    x[0, :, 2::4, 3::4] = 1.0
+    _, offsets = equivit.polyphase_anchor(x, 4)
+    assert offsets.tolist() == [[2, 3]]
+
+
+def test_anchor_keeps_dtype_and_uses_float64_energies() -> None:
+    x = torch.randn(2, 3, 16, 16).bfloat16()
+    y, _ = equivit.polyphase_anchor(x, 4)
+    assert y.dtype == torch.bfloat16
+    assert equivit.polyphase_energy(x, 4).dtype == torch.float64
+
+
+def test_stride_one_is_identity() -> None:
+    x = torch.randn(2, 3, 5, 7)
+    y, offsets = equivit.polyphase_anchor(x, 1)
+    assert torch.equal(y, x)
+    assert not offsets.any()
+
+
+def test_empty_batch() -> None:
+    y, offsets = equivit.polyphase_anchor(torch.randn(0, 3, 16, 16), 8)
+    assert y.shape == (0, 3, 16, 16)
+    assert offsets.shape == (0, 2)
+
+
+def test_channels_last_matches_channels_first() -> None:
+    x = torch.randn(3, 5, 24, 40)
+    y, offsets = equivit.polyphase_anchor(x, (4, 8))
+    y_last, offsets_last = equivit.polyphase_anchor(x.permute(0, 2, 3, 1), (4, 8), channels_last=True)
+    assert torch.equal(offsets, offsets_last)
+    assert torch.equal(y_last, y.permute(0, 2, 3, 1))
+
+
+def test_nan_input_is_deterministic_and_consistent() -> None:
+    x = torch.randn(3, 2, 16, 16)
+    x[0, 1, 5, 6] = float("nan")
+    x[1, :, 3, :] = float("inf")
+    first, offsets = equivit.polyphase_anchor(x, 4)
+    again, offsets_again = equivit.polyphase_anchor(x.clone(), 4)
+    assert torch.equal(offsets, offsets_again)
+    torch.testing.assert_close(first, again, rtol=0, atol=0, equal_nan=True)
+    assert anchor_consistency(x, (4, 4), (3, 9)).all()
+
+
+def test_l2_energy_option() -> None:
+    x = torch.zeros(1, 1, 4, 4)
+    x[0, 0, 1, 1] = 3.0  # one strong value: largest L2 component
+    x[0, 0, 0::2, 0::2] = 1.0  # four unit values: largest L1 component
+    assert equivit.anchor_offsets(x, 2).tolist() == [[0, 0]]
+    assert equivit.anchor_offsets(x, 2, energy="l2").tolist() == [[1, 1]]
+
+
+# --- errors ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", [(3, 16, 16), (1, 1, 3, 16, 16), (16,)])
+def test_rejects_wrong_rank(shape: tuple[int, ...]) -> None:
+    with pytest.raises(
+        ValueError, match=r"4-D tensor \(B, C, H, W\).*" + str(tuple(shape)).replace("(", r"\(").replace(")", r"\)")
+    ):
+        equivit.polyphase_anchor(torch.randn(shape), 4)
+
+
+@pytest.mark.parametrize(("size", "stride"), [((18, 16), 4), ((16, 18), (4, 4)), ((16, 16), (3, 4)), ((0, 16), 4)])
+def test_rejects_sizes_not_multiple_of_stride(size: tuple[int, int], stride) -> None:
+    with pytest.raises(ValueError, match=rf"H x W = {size[0]} x {size[1]}.*not a positive multiple of the stride"):
+        equivit.polyphase_anchor(torch.randn(2, 3, *size), stride)
+
+
+@pytest.mark.parametrize("stride", [0, -2, (2,), (2, 0), 2.0, True, (2, 2, 2)])
+def test_rejects_bad_stride(stride) -> None:
+    with pytest.raises(ValueError, match="stride must be a positive int"):
+        equivit.polyphase_anchor(torch.randn(1, 1, 8, 8), stride)
+
+
+def test_rejects_bad_energy_and_dtype() -> None:
+    with pytest.raises(ValueError, match="energy must be 'l1' or 'l2'"):
+        equivit.polyphase_anchor(torch.randn(1, 1, 8, 8), 2, energy="linf")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"floating-point tensor, got dtype torch\.int64"):
+        equivit.polyphase_anchor(torch.ones(1, 1, 8, 8, dtype=torch.int64), 2)
+    with pytest.raises(TypeError, match=r"torch\.Tensor"):
+        equivit.polyphase_anchor([[1.0]], 2)  # type: ignore[arg-type]
+
+
+def test_channels_last_error_names_layout() -> None:
+    with pytest.raises(ValueError, match=r"\(B, H, W, C\)"):
+        equivit.polyphase_anchor(torch.randn(8, 8, 3), 2, channels_last=True)
+
+
+# --- equivariance properties ------------------------------------------------------------------
+
+
+@given(data=st.data(), stride=STRIDES, dtype=DTYPES, family=st.sampled_from(FAMILIES), seed=st.integers(0, 2**31 - 1))
+def test_anchor_is_shift_consistent(data: st.DataObject, stride, dtype: torch.dtype, family: str, seed: int) -> None:
+    """Anchoring a shifted input gives the anchored input rolled by whole periods, exactly.
+
+    Any shape, stride, shift, dtype and family. A sample may only escape when its candidates
+    are tied for good (``unresolved_ties``); that status itself must not depend on the shift.
+    """
+    sh, sw = normalize_stride(stride)
+    shape = (
+        data.draw(st.integers(1, 3)),
+        data.draw(st.integers(1, 4)),
+        sh * data.draw(st.integers(1, 6)),
+        sw * data.draw(st.integers(1, 6)),
+    )
+    x = make_images(family, shape, seed=seed, dtype=dtype)
+    shift = data.draw(st.tuples(st.integers(0, shape[2] - 1), st.integers(0, shape[3] - 1)))
+    tied = equivit.unresolved_ties(x, (sh, sw))
+    assert torch.equal(tied, equivit.unresolved_ties(torch.roll(x, shift, dims=(2, 3)), (sh, sw)))
+    consistent = anchor_consistency(x, (sh, sw), shift)
+    assert bool((consistent | tied).all()), (
+        f"inconsistent anchors for {family} {dtype} {shape} stride {(sh, sw)} shift {shift}"
+    )
+
+
+@given(data=st.data(), stride=STRIDES, dtype=DTYPES, family=st.sampled_from(FAMILIES), seed=st.integers(0, 2**31 - 1))
+def test_anchor_is_exact_when_fine_grid_covers_the_image(
+    data: st.DataObject, stride, dtype, family: str, seed: int
+) -> None:
+    """Up to 32 pixels per axis the tie-break sees the whole image: every family, no exception."""
+    sh, sw = normalize_stride(stride)
+    height = sh * data.draw(st.integers(1, 32 // sh))
+    width = sw * data.draw(st.integers(1, 32 // sw))
+    assert fine_multiplier(height, sh) * sh == height
+    assert fine_multiplier(width, sw) * sw == width
+    x = make_images(
+        family, (data.draw(st.integers(1, 3)), data.draw(st.integers(1, 3)), height, width), seed=seed, dtype=dtype
+    )
+    shift = data.draw(st.tuples(st.integers(0, height - 1), st.integers(0, width - 1)))
+    assert bool(anchor_consistency(x, (sh, sw), shift).all())
+
+
+def stripes_and_checkerboards(size: int, cell: int) -> torch.Tensor:
+    """Vertical, horizontal and diagonal binary stripes and a checkerboard, with a given cell width."""
+    rows, cols = torch.arange(size)[:, None], torch.arange(size)[None, :]
+    patterns = [
+        (rows // cell % 2).expand(size, size),
+        (cols // cell % 2).expand(size, size),
+        (rows + cols) // cell % 2,
+        (rows // cell + cols // cell) % 2,
+    ]
+    return torch.stack(patterns)[:, None].float().expand(4, 3, size, size)
+
+
+@pytest.mark.parametrize("stride", [2, 4, 8, 16])
+@pytest.mark.parametrize("cell", [1, 2, 4, 8, 16])
+def test_stripes_and_checkerboards_within_the_fine_period_are_consistent(stride: int, cell: int) -> None:
+    """At 224 px the tie-break grid has period 32: stripes and cells whose period divides it resolve.
+
+    (Stripes stay tied along their own direction, harmlessly: the image is invariant along it.)
+    """
+    x = stripes_and_checkerboards(224, cell)
+    for shift in ((5, 11), (1, 0), (0, 3), (17, 29)):
+        assert bool(anchor_consistency(x, (stride, stride), shift).all())
+
+
+@pytest.mark.parametrize("family", ["binary", "quantised", "random"])
+@pytest.mark.parametrize("stride", [2, 7, 16])
+def test_unstructured_families_at_224_leave_no_tie(family: str, stride: int) -> None:
+    x = make_images(family, (4, 3, 224, 224), seed=stride)
+    assert not equivit.unresolved_ties(x, stride).any()
+    assert bool(anchor_consistency(x, (stride, stride), (5, 11)).all())
+
+
+def test_negative_control_plain_l2_argmax_breaks() -> None:
+    """The original anchor (float32 L2 energies, first maximum) is not shift-consistent on these."""
+    failures = 0
+    for family in ("stripes", "checkerboard", "binary", "sparse_dots"):
+        for seed in range(10):
+            x = make_images(family, (4, 3, 16, 16), seed=seed)
+            failures += int((~naive_consistency(x, (4, 4), (1, 3))).sum())
+            assert bool(anchor_consistency(x, (4, 4), (1, 3)).all())
+    assert failures > 0
+
+
+def test_real_photos_have_no_unresolved_ties() -> None:
+    """On real photographs (scikit-image) exact energy ties do not occur; anchoring is exact."""
+    batch = load_photos(224)
+    for stride in (2, 4, 7, 8, 14, 16):
+        assert not equivit.unresolved_ties(batch, stride).any()
+        for shift in ((3, 5), (13, 1), (100, 37)):
+            assert bool(anchor_consistency(batch, (stride, stride), shift).all())
+
+
+# --- autograd and compile ---------------------------------------------------------------------
+
+
+def test_gradient_is_inverse_roll() -> None:
+    x = torch.randn(3, 2, 8, 12, dtype=torch.float64, requires_grad=True)
+    y, offsets = equivit.polyphase_anchor(x, (4, 6))
+    upstream = torch.randn_like(y)
+    (grad,) = torch.autograd.grad(y, x, upstream)
+    assert torch.equal(grad, equivit.roll_from_anchor(upstream, offsets))
+    assert torch.autograd.gradcheck(lambda t: equivit.polyphase_anchor(t, (4, 6))[0], (x,))
+    assert torch.autograd.gradgradcheck(lambda t: equivit.polyphase_anchor(t, (4, 6))[0], (x,))
+
+
+def test_compiles_without_graph_breaks() -> None:
+    x = torch.randn(4, 3, 32, 32)
+    explanation = torch._dynamo.explain(equivit.polyphase_anchor)(x, 8)
+    assert explanation.graph_break_count == 0
+    compiled = torch.compile(equivit.polyphase_anchor, fullgraph=True, backend="aot_eager")
+    y, offsets = compiled(x, 8)
+    y_eager, offsets_eager = equivit.polyphase_anchor(x, 8)
+    assert torch.equal(offsets, offsets_eager)
+    assert torch.equal(y, y_eager)
+
+
+@pytest.mark.slow
+def test_compiles_with_inductor() -> None:
+    x = torch.randn(4, 3, 32, 48, requires_grad=True)
+    compiled = torch.compile(lambda t: equivit.polyphase_anchor(t, (8, 16)), fullgraph=True)
+    y, offsets = compiled(x)
+    y_eager, offsets_eager = equivit.polyphase_anchor(x, (8, 16))
+    assert torch.equal(offsets, offsets_eager)
+    assert torch.equal(y, y_eager)
+    y.sum().backward()
