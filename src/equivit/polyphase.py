@@ -60,6 +60,7 @@ __all__ = [
 Energy = Literal["l1", "l2"]
 
 _MAX_FINE_PERIOD = 32
+_CPU_CHUNK = 2**18  # elements per slice of the float64 energy reduction on CPU
 
 
 def normalize_stride(stride: int | tuple[int, int] | list[int]) -> tuple[int, int]:
@@ -146,13 +147,22 @@ def polyphase_energy(
     else:
         view = x.reshape(x.shape[0], x.shape[1], height // ph, ph, width // pw, pw)
         dims = (1, 2, 4)
-    acc = _accumulate_dtype(x)
-    if energy == "l1":
-        out = torch.linalg.vector_norm(view, ord=1, dim=dims, dtype=acc)
-    elif energy == "l2":
-        out = torch.sum(torch.square(view.to(acc)), dim=dims)
-    else:
+    if energy not in ("l1", "l2"):
         raise ValueError(f"energy must be 'l1' or 'l2', got {energy!r}")
+    acc = _accumulate_dtype(x)
+
+    def reduce(part: torch.Tensor) -> torch.Tensor:
+        if energy == "l1":
+            return torch.linalg.vector_norm(part, ord=1, dim=dims, dtype=acc)
+        return torch.sum(torch.square(part.to(acc)), dim=dims)
+
+    per_sample = max(1, x[0].numel()) if x.shape[0] else 1
+    if x.device.type == "cpu" and not torch.compiler.is_compiling() and x.shape[0] * per_sample > _CPU_CHUNK:
+        # Eager CPU reductions with a float64 accumulator convert the whole input first; in
+        # cache-sized slices of the batch that costs a third to a fifth of the time.
+        out = torch.cat([reduce(part) for part in view.split(max(1, _CPU_CHUNK // per_sample))])
+    else:
+        out = reduce(view)
     return torch.nan_to_num(out, nan=torch.inf)
 
 
