@@ -200,6 +200,8 @@ def anchor_scores(
     batch = fine.shape[0]
     coarse = fine.view(batch, mh, sh, mw, sw).sum(dim=(1, 3))
     coarse_rank = cyclic_rotation_rank(coarse)
+    if mh == mw == 1:  # no finer grid fits: nothing more to compare
+        return coarse_rank
     fine_rank = cyclic_rotation_rank(fine).view(batch, mh, sh, mw, sw).amax(dim=(1, 3))
     return coarse_rank * fine.shape[1] * fine.shape[2] + fine_rank
 
