@@ -156,10 +156,10 @@ def polyphase_energy(
             return torch.linalg.vector_norm(part, ord=1, dim=dims, dtype=acc)
         return torch.sum(torch.square(part.to(acc)), dim=dims)
 
-    per_sample = max(1, x[0].numel()) if x.shape[0] else 1
-    if x.device.type == "cpu" and not torch.compiler.is_compiling() and x.shape[0] * per_sample > _CPU_CHUNK:
+    if x.device.type == "cpu" and not torch.compiler.is_compiling() and x.numel() > _CPU_CHUNK:
         # Eager CPU reductions with a float64 accumulator convert the whole input first; in
         # cache-sized slices of the batch that costs a third to a fifth of the time.
+        per_sample = x.numel() // x.shape[0]
         out = torch.cat([reduce(part) for part in view.split(max(1, _CPU_CHUNK // per_sample))])
     else:
         out = reduce(view)
