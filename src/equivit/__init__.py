@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from equivit import layers
 from equivit.canonical import cyclic_rotation_rank
+from equivit.convert import SUPPORTED, convert, convert_state_dict, create_model, is_converted
 from equivit.polyphase import (
     anchor_offsets,
     anchor_scores,
@@ -10,15 +12,24 @@ from equivit.polyphase import (
     polyphase_energy,
     unresolved_ties,
 )
+from equivit.report import ConversionReport, UnsupportedModelError
 from equivit.roll import roll_from_anchor, roll_to_anchor
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "SUPPORTED",
+    "ConversionReport",
+    "UnsupportedModelError",
     "__version__",
     "anchor_offsets",
     "anchor_scores",
+    "convert",
+    "convert_state_dict",
+    "create_model",
     "cyclic_rotation_rank",
+    "is_converted",
+    "layers",
     "polyphase_anchor",
     "polyphase_energy",
     "roll_from_anchor",

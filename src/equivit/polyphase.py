@@ -166,6 +166,34 @@ def polyphase_energy(
     return torch.nan_to_num(out, nan=torch.inf)
 
 
+def _scores_from_energies(fine: torch.Tensor, coarse: torch.Tensor) -> torch.Tensor:
+    """Scores from the fine and coarse energy grids (see :func:`anchor_scores`).
+
+    Shape:
+        - fine: :math:`(B, m_h s_h, m_w s_w)`
+        - coarse: :math:`(B, s_h, s_w)`
+        - output: :math:`(B, s_h, s_w)`
+    """
+    coarse_rank = cyclic_rotation_rank(coarse)
+    batch, sh, sw = coarse.shape
+    mh, mw = fine.shape[1] // sh, fine.shape[2] // sw
+    if mh == mw == 1:  # no finer grid fits: nothing more to compare
+        return coarse_rank
+    fine_rank = cyclic_rotation_rank(fine).view(batch, mh, sh, mw, sw).amax(dim=(1, 3))
+    return coarse_rank * fine.shape[1] * fine.shape[2] + fine_rank
+
+
+def _energy_grids(
+    x: torch.Tensor, stride: int | tuple[int, int], energy: Energy, channels_last: bool, name: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    sh, sw = normalize_stride(stride)
+    height, width = _check_input(x, (sh, sw), channels_last, name)
+    mh, mw = fine_multiplier(height, sh), fine_multiplier(width, sw)
+    fine = polyphase_energy(x, (mh * sh, mw * sw), energy=energy, channels_last=channels_last)
+    coarse = fine.view(fine.shape[0], mh, sh, mw, sw).sum(dim=(1, 3))
+    return fine, coarse
+
+
 def anchor_scores(
     x: torch.Tensor,
     stride: int | tuple[int, int],
@@ -193,17 +221,40 @@ def anchor_scores(
         - x: :math:`(B, C, H, W)`, or :math:`(B, H, W, C)` with ``channels_last=True``
         - output: :math:`(B, s_h, s_w)`
     """
-    sh, sw = normalize_stride(stride)
-    height, width = _check_input(x, (sh, sw), channels_last, "anchor_scores")
-    mh, mw = fine_multiplier(height, sh), fine_multiplier(width, sw)
-    fine = polyphase_energy(x, (mh * sh, mw * sw), energy=energy, channels_last=channels_last)
-    batch = fine.shape[0]
-    coarse = fine.view(batch, mh, sh, mw, sw).sum(dim=(1, 3))
-    coarse_rank = cyclic_rotation_rank(coarse)
-    if mh == mw == 1:  # no finer grid fits: nothing more to compare
-        return coarse_rank
-    fine_rank = cyclic_rotation_rank(fine).view(batch, mh, sh, mw, sw).amax(dim=(1, 3))
-    return coarse_rank * fine.shape[1] * fine.shape[2] + fine_rank
+    fine, coarse = _energy_grids(x, stride, energy, channels_last, "anchor_scores")
+    return _scores_from_energies(fine, coarse)
+
+
+def _best_phase(fine: torch.Tensor, coarse: torch.Tensor) -> torch.Tensor:
+    """Flat index of the highest-scoring phase, computing the ranks only where needed.
+
+    When every sample's largest coarse energy is unique, that phase also has the highest score
+    (the rotated grid read from it starts with the largest value), so the ranking can be
+    skipped. On the CPU the check is free and the ranking runs only for batches with a tie;
+    under ``torch.compile`` the choice is a ``torch.cond``; elsewhere (eager on an accelerator)
+    the ranking always runs, since the check would wait for the device.
+
+    Shape:
+        - fine: :math:`(B, m_h s_h, m_w s_w)`
+        - coarse: :math:`(B, s_h, s_w)`
+        - output: :math:`(B,)`
+    """
+    flat = coarse.flatten(1)
+
+    def plain(fine: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
+        return flat.argmax(dim=1)
+
+    def ranked(fine: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
+        return _scores_from_energies(fine, flat.view(coarse.shape)).flatten(1).argmax(dim=1)
+
+    if flat.shape[0] == 0 or flat.shape[1] == 1:
+        return plain(fine, flat)
+    unique = ((flat == flat.amax(dim=1, keepdim=True)).sum(dim=1) == 1).all()
+    if torch.compiler.is_compiling():
+        return torch.cond(unique, plain, ranked, (fine, flat))
+    if flat.device.type == "cpu" and bool(unique):
+        return plain(fine, flat)
+    return ranked(fine, flat)
 
 
 def anchor_offsets(
@@ -228,9 +279,9 @@ def anchor_offsets(
         - x: :math:`(B, C, H, W)`, or :math:`(B, H, W, C)` with ``channels_last=True``
         - output: :math:`(B, 2)`
     """
-    scores = anchor_scores(x, stride, energy=energy, channels_last=channels_last)
-    sw = scores.shape[2]
-    best = scores.flatten(1).argmax(dim=1)
+    fine, coarse = _energy_grids(x, stride, energy, channels_last, "anchor_offsets")
+    sw = coarse.shape[2]
+    best = _best_phase(fine, coarse)
     return torch.stack((torch.div(best, sw, rounding_mode="floor"), torch.remainder(best, sw)), dim=1)
 
 

@@ -1,0 +1,114 @@
+"""Find the modules of a model that would break shift equivariance."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Iterable
+
+from torch import nn
+
+from equivit.layers import (
+    AnchoredConv2d,
+    AnchoredGlobalSubSampleAttn,
+    AnchoredLocallyGroupedAttn,
+    AnchoredPatchEmbed,
+    CircularPosConv,
+)
+
+__all__ = ["equivariance_violations"]
+
+# Modules that act on each token alone, or on the set of tokens without regard to their order
+# (attention without position terms), or only hold other modules. Looked up by name so that a
+# timm version without one of them still imports.
+_SAFE_NAMES = {
+    "torch.nn": (
+        "Linear", "LayerNorm", "GroupNorm", "RMSNorm", "Dropout", "Identity", "Sequential", "ModuleList",
+        "ModuleDict", "Flatten",
+    ),
+    "timm.layers": (
+        "Mlp", "GluMlp", "SwiGLU", "SwiGLUPacked", "LayerScale", "DropPath", "LayerNorm", "RmsNorm", "PatchDropout",
+        "AttentionPoolLatent",
+    ),
+    "timm.models.vision_transformer": (
+        "VisionTransformer", "Attention", "Block", "ResPostBlock", "ParallelScalingBlock", "ParallelThingsBlock",
+        "LayerScale",
+    ),
+    "timm.models.deit": ("VisionTransformerDistilled",),
+    "timm.models.twins": ("Twins", "Block", "PosConv", "PatchEmbed"),
+    "equivit.convert_vit": ("EquivariantVisionTransformerDistilled",),
+}  # fmt: skip
+
+
+def _safe_types() -> tuple[type, ...]:
+    found: list[type] = [
+        AnchoredConv2d, AnchoredGlobalSubSampleAttn, AnchoredLocallyGroupedAttn, AnchoredPatchEmbed, CircularPosConv,
+    ]  # fmt: skip
+    for module_name, names in _SAFE_NAMES.items():
+        module = importlib.import_module(module_name)
+        found += [getattr(module, name) for name in names if isinstance(getattr(module, name, None), type)]
+    return tuple(found)
+
+
+def _is_activation(module: nn.Module) -> bool:
+    return type(module).__module__ == "torch.nn.modules.activation" or type(module).__module__.startswith(
+        "timm.layers.activations"
+    )
+
+
+def _conv_problem(conv: nn.Conv2d) -> str | None:
+    if isinstance(conv, AnchoredConv2d):
+        return None
+    if tuple(conv.stride) != (1, 1):
+        return f"strided convolution (stride {tuple(conv.stride)}) without anchoring"
+    pads = conv.padding if not isinstance(conv.padding, str) else (conv.padding,)
+    if any(p not in (0, "valid") for p in pads) and conv.padding_mode != "circular":
+        return f"zero padding ({conv.padding}) marks the image border; it must be circular"
+    return None
+
+
+def _module_problem(module: nn.Module, trusted: tuple[type, ...], safe: tuple[type, ...]) -> str | None:
+    timm_twins = importlib.import_module("timm.models.twins")
+    if isinstance(module, nn.Conv2d):
+        return _conv_problem(module)
+    if type(module) is timm_twins.LocallyGroupedAttn:
+        return "window attention without anchoring"
+    if type(module) is timm_twins.GlobalSubSampleAttn:
+        return None if module.sr is None else "sub-sampled keys/values without anchoring"
+    if type(module).__name__ == "AttentionPoolLatent" and getattr(module, "pos_embed", None) is not None:
+        return "attention pooling with an absolute position embedding"
+    if getattr(module, "pos_embed", None) is not None and isinstance(module.pos_embed, nn.Parameter):
+        return "absolute position embedding (pos_embed)"
+    if isinstance(module, trusted + safe) or _is_activation(module):
+        return None
+    return "unknown module type"
+
+
+def equivariance_violations(model: nn.Module, trusted: Iterable[type] = ()) -> list[tuple[str, str, str]]:
+    """List the modules that break, or may break, circular-shift equivariance.
+
+    A module is accepted when it is one of equivit's anchored layers, a stride-1 convolution with
+    circular padding or none, or a type known to act on tokens one at a time or on the set of
+    tokens (linear layers, norms, MLPs, attention without position terms, activations,
+    containers), or a type in ``trusted``.
+
+    Args:
+        model: The model to inspect.
+        trusted: Extra module types to accept (your own token-wise layers).
+
+    Returns:
+        ``(qualified name, type name, problem)`` for each module not accepted.
+    """
+    safe = _safe_types()
+    trusted_types = tuple(trusted)
+    # The reduction inside an anchored sub-sampled attention sees an anchored input.
+    anchored_inside = {
+        f"{name}.sr" for name, module in model.named_modules() if isinstance(module, AnchoredGlobalSubSampleAttn)
+    }
+    problems = []
+    for name, module in model.named_modules():
+        if name in anchored_inside:
+            continue
+        problem = _module_problem(module, trusted_types, safe)
+        if problem is not None:
+            problems.append((name or "(model)", type(module).__name__, problem))
+    return problems

@@ -1,0 +1,192 @@
+"""``equivit.convert`` and ``equivit.create_model``: shift-equivariant copies of timm models."""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import timm
+import torch
+from timm.models.twins import Twins
+from timm.models.vision_transformer import VisionTransformer
+from torch import nn
+
+from equivit.audit import equivariance_violations
+from equivit.convert_twins import convert_twins
+from equivit.convert_vit import EquivariantVisionTransformerDistilled, convert_vision_transformer, prefix_token_names
+from equivit.polyphase import Energy
+from equivit.report import ConversionReport, InputSizeCheck, UnsupportedModelError
+
+__all__ = ["SUPPORTED", "convert", "convert_state_dict", "create_model", "is_converted"]
+
+logger = logging.getLogger("equivit")
+
+SUPPORTED = {
+    "VisionTransformer": "ViT (vit_*) and DeiT (deit_*, deit3_*) built by timm's VisionTransformer",
+    "VisionTransformerDistilled": "DeiT with distillation token (deit_*_distilled_*)",
+    "Twins": "Twins-PCPVT and Twins-SVT (twins_*)",
+}
+
+
+def _family(model: nn.Module) -> str:
+    from timm.models.deit import VisionTransformerDistilled
+
+    if type(model) in (VisionTransformer, VisionTransformerDistilled, EquivariantVisionTransformerDistilled):
+        return "vit"
+    if type(model) is Twins:
+        return "twins"
+    supported = "\n".join(f"  - {name}: {what}" for name, what in SUPPORTED.items())
+    raise UnsupportedModelError(
+        f"equivit cannot convert a {type(model).__name__}. Supported model classes:\n{supported}\n"
+        "Swin, PVT v2 and CNNs are planned. For your own architecture, build it from equivit.layers "
+        "and check it with equivit.testing."
+    )
+
+
+def is_converted(model: nn.Module) -> bool:
+    """Whether ``model`` was produced by :func:`convert`.
+
+    Args:
+        model: Any module.
+
+    Returns:
+        True if it carries a conversion report.
+    """
+    return isinstance(getattr(model, "equivit_report", None), ConversionReport)
+
+
+def convert(
+    model: nn.Module,
+    *,
+    inplace: bool = False,
+    energy: Energy = "l1",
+    trusted: Iterable[type] = (),
+    verbose: bool = False,
+) -> nn.Module:
+    """Make a timm ViT, DeiT or Twins model exactly equivariant to circular shifts.
+
+    Every strided or windowed operator is anchored (its input rolled, per sample, to the
+    polyphase component of largest energy), absolute position embeddings become a circular
+    depthwise-convolution encoding, and zero padding becomes circular. With a class token, average
+    pooling or attention pooling the logits of the result do not change when the image is
+    circularly shifted by any number of pixels, up to floating-point rounding.
+
+    Weights are carried over. A Twins model gets no new parameter. A ViT loses ``pos_embed``: its
+    rows for the prefix tokens are added to those tokens, and its grid part is replaced by
+    ``patch_embed.pos_conv``, a new zero-initialised parameter (fine-tune to learn it). What was
+    changed is logged (logger ``"equivit"``), printed with ``verbose=True``, and kept as
+    ``model.equivit_report``. Inputs must be multiples of ``model.equivit_report.input_multiple``.
+
+    Args:
+        model: A timm ``VisionTransformer``, ``VisionTransformerDistilled`` or ``Twins``.
+        inplace: Change ``model`` itself (its parameters stay the same objects) instead of a copy.
+        energy: Energy that picks the anchors: ``"l1"`` (default) or ``"l2"`` (fails after
+            LayerNorm, where every token has nearly the same L2 norm; kept for experiments).
+        trusted: Module types of your own that act on each token alone or on the set of tokens;
+            the check for modules that break equivariance accepts them.
+        verbose: Print what was replaced.
+
+    Returns:
+        The converted model. Converting a converted model returns it unchanged (a copy unless
+        ``inplace``).
+
+    Raises:
+        UnsupportedModelError: If the model's class is not supported, or it holds modules that
+            would break equivariance (the message lists them and what to do).
+
+    Example:
+        >>> import timm
+        >>> model = convert(timm.create_model("vit_tiny_patch16_224"))
+        >>> model.equivit_report.input_multiple
+        (16, 16)
+    """
+    if energy not in ("l1", "l2"):
+        raise ValueError(f"energy must be 'l1' or 'l2', got {energy!r}")
+    if is_converted(model):
+        logger.info("equivit: model is already converted; nothing to do")
+        return model if inplace else copy.deepcopy(model)
+    family = _family(model)
+    trusted = tuple(trusted)
+    target = model if inplace else copy.deepcopy(model)
+    report = ConversionReport(family=family, input_multiple=(1, 1))
+    if family == "vit":
+        patch = target.patch_embed.patch_size  # type: ignore[union-attr]
+        report.input_multiple = (int(patch[0]), int(patch[1]))
+        convert_vision_transformer(target, report, energy)  # type: ignore[arg-type]
+    else:
+        convert_twins(target, report, energy)  # type: ignore[arg-type]
+    problems = equivariance_violations(target, trusted)
+    if problems:
+        listed = "\n".join(f"  - {name} ({kind}): {problem}" for name, kind, problem in problems)
+        raise UnsupportedModelError(
+            f"after conversion these modules of the {type(model).__name__} would still break shift "
+            f"equivariance:\n{listed}\nReplace them with equivariant ones (see equivit.layers), or, if a "
+            "type acts on each token alone or on the set of tokens regardless of order, pass it in "
+            "trusted=(...)."
+        )
+    target.equivit_report = report
+    target.register_forward_pre_hook(InputSizeCheck(report.input_multiple, type(model).__name__))
+    logger.info("%s", report)
+    if verbose:
+        print(report)
+    return target
+
+
+def create_model(model_name: str, pretrained: bool = False, *, energy: Energy = "l1", **kwargs: Any) -> nn.Module:
+    """``timm.create_model`` followed by :func:`convert`.
+
+    Stock weights (``pretrained=True`` or ``checkpoint_path=...``) are loaded into the stock model
+    first, then carried over by the conversion.
+
+    Args:
+        model_name: A timm model name, for example ``"twins_svt_small"``.
+        pretrained: Load timm's pretrained weights.
+        energy: Energy that picks the anchors.
+        **kwargs: Passed to ``timm.create_model``.
+
+    Returns:
+        The converted model.
+
+    Raises:
+        UnsupportedModelError: If the model is not supported.
+    """
+    return convert(timm.create_model(model_name, pretrained=pretrained, **kwargs), inplace=True, energy=energy)
+
+
+def convert_state_dict(state_dict: Mapping[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """Map a stock timm state dict onto a converted model, for ``model.load_state_dict(..., strict=True)``.
+
+    Twins: returned unchanged (the keys already match). ViT and DeiT: the rows of ``pos_embed``
+    that belong to the prefix tokens are added to ``cls_token``, ``reg_token`` and ``dist_token``
+    (unless the model has ``no_embed_class``), ``pos_embed`` is dropped, and the new parameters
+    (``patch_embed.pos_conv.*``) are taken from ``model`` as it is.
+
+    Args:
+        state_dict: A state dict of the stock model.
+        model: The converted model it is for.
+
+    Returns:
+        A new state dict that loads strictly into ``model``.
+
+    Raises:
+        ValueError: If ``model`` was not converted by :func:`convert`.
+    """
+    if not is_converted(model):
+        raise ValueError("model was not converted by equivit.convert; load the state dict into the stock model")
+    mapped = dict(state_dict)
+    report: ConversionReport = model.equivit_report  # type: ignore[assignment]
+    if report.family != "vit":
+        return mapped
+    pos_embed = mapped.pop("pos_embed", None)
+    if pos_embed is not None and not model.no_embed_class:
+        start = 0
+        for name in prefix_token_names(model):  # type: ignore[arg-type]
+            token = mapped[name]
+            mapped[name] = token + pos_embed[:, start : start + token.shape[1]].to(token.dtype)
+            start += token.shape[1]
+    own = model.state_dict()
+    for name in report.new_parameters:
+        mapped.setdefault(name, own[name])
+    return mapped

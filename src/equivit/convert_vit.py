@@ -1,0 +1,111 @@
+"""Conversion of timm ``VisionTransformer`` and ``VisionTransformerDistilled`` (ViT, DeiT)."""
+
+from __future__ import annotations
+
+import torch
+from timm.layers import PatchEmbed
+from timm.models.deit import VisionTransformerDistilled
+from timm.models.vision_transformer import VisionTransformer
+from torch import nn
+
+from equivit.layers import AnchoredPatchEmbed
+from equivit.polyphase import Energy
+from equivit.report import ConversionReport, UnsupportedModelError
+
+__all__ = ["EquivariantVisionTransformerDistilled", "convert_vision_transformer", "prefix_token_names"]
+
+
+class EquivariantVisionTransformerDistilled(VisionTransformerDistilled):
+    """DeiT with distillation token, without an absolute position embedding.
+
+    timm's ``VisionTransformerDistilled`` always adds ``pos_embed``; a converted model has none
+    (its position information comes from the circular convolution in the patch embedding), so
+    this subclass only prepends the class and distillation tokens.
+    """
+
+    def _pos_embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Prepend the class and distillation tokens to the patch tokens.
+
+        Args:
+            x: Patch tokens, ``(B, N, C)`` or ``(B, H, W, C)``.
+
+        Returns:
+            Tokens ``(B, 2 + N, C)``.
+        """
+        x = x.reshape(x.shape[0], -1, x.shape[-1])
+        x = torch.cat((self.cls_token.expand(x.shape[0], -1, -1), self.dist_token.expand(x.shape[0], -1, -1), x), 1)
+        return self.pos_drop(x)
+
+
+def prefix_token_names(model: VisionTransformer) -> list[str]:
+    """Names of the prefix-token parameters, in the order their rows appear in ``pos_embed``.
+
+    Args:
+        model: A timm ViT or DeiT.
+
+    Returns:
+        For example ``["cls_token", "reg_token"]`` or ``["cls_token", "dist_token"]``.
+    """
+    if isinstance(model, VisionTransformerDistilled):
+        return ["cls_token", "dist_token"]
+    return [name for name in ("cls_token", "reg_token") if getattr(model, name, None) is not None]
+
+
+def convert_vision_transformer(model: VisionTransformer, report: ConversionReport, energy: Energy) -> None:
+    """Make a timm ViT or DeiT shift-equivariant, in place.
+
+    The patch projection is anchored (period = patch size); the absolute position embedding is
+    removed, its prefix rows are added to the prefix tokens (where the stock model added them),
+    and its grid part is replaced by a circular depthwise-convolution encoding on the token grid.
+
+    Args:
+        model: The model, changed in place.
+        report: Where the changes are recorded.
+        energy: Energy that picks the anchors.
+
+    Raises:
+        UnsupportedModelError: If the patch embedding is not timm's convolutional ``PatchEmbed``
+            with kernel = stride, or the model is a distilled one with register tokens.
+    """
+    name = type(model).__name__
+    patch_embed = model.patch_embed
+    if type(patch_embed) is not PatchEmbed or not isinstance(patch_embed.proj, nn.Conv2d):
+        raise UnsupportedModelError(
+            f"patch_embed: {type(patch_embed).__name__} is not timm's PatchEmbed with a Conv2d projection "
+            "(hybrid CNN stems and other embeddings are not supported yet)"
+        )
+    proj = patch_embed.proj
+    if tuple(proj.kernel_size) != tuple(proj.stride) or any(p != 0 for p in proj.padding):  # type: ignore[union-attr]
+        raise UnsupportedModelError(
+            f"patch_embed.proj: kernel {tuple(proj.kernel_size)}, stride {tuple(proj.stride)}, padding "
+            f"{proj.padding}: only non-overlapping patches (kernel = stride, no padding) are supported"
+        )
+    distilled = isinstance(model, VisionTransformerDistilled)
+    if distilled and model.reg_token is not None:
+        raise UnsupportedModelError(f"{name} with register tokens: timm's distilled model ignores them")
+
+    pos_embed = model.pos_embed
+    prefix = prefix_token_names(model)
+    if pos_embed is not None and not model.no_embed_class and prefix:
+        with torch.no_grad():
+            start = 0
+            for token_name in prefix:
+                token = getattr(model, token_name)
+                count = token.shape[1]
+                token.add_(pos_embed[:, start : start + count].to(token.dtype))
+                start += count
+        report.folded_prefix.extend(prefix)
+        report.add(", ".join(prefix), "prefix tokens", "prefix tokens + their rows of pos_embed")
+
+    model.patch_embed = AnchoredPatchEmbed.from_patch_embed(patch_embed, pos_conv=pos_embed is not None, energy=energy)
+    report.add("patch_embed", "PatchEmbed", "AnchoredPatchEmbed (anchored projection, period = patch size)")
+    if pos_embed is not None:
+        model.pos_embed = None
+        report.add("pos_embed", f"absolute position embedding {tuple(pos_embed.shape)}", "removed")
+        report.add("patch_embed.pos_conv", "(none)", "CircularPosConv (3x3 depthwise, circular, zero init)")
+        report.new_parameters.extend(
+            f"patch_embed.pos_conv.{n}" for n, _ in model.patch_embed.pos_conv.named_parameters()
+        )
+    if distilled:
+        model.__class__ = EquivariantVisionTransformerDistilled
+        report.add("", name, "EquivariantVisionTransformerDistilled (no pos_embed add)")

@@ -1,0 +1,119 @@
+"""A strided convolution that anchors its input first, so that its output is shift-equivariant."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from equivit.polyphase import Energy, polyphase_anchor
+
+__all__ = ["AnchoredConv2d"]
+
+
+class AnchoredConv2d(nn.Conv2d):
+    """``nn.Conv2d`` that rolls each sample to its polyphase anchor (period = stride) before convolving.
+
+    A strided convolution sees one polyphase component of its input at its grid points, and a
+    circular shift that is not a multiple of the stride changes which one. Anchoring picks the
+    component from the content and rolls it to the origin, so the output for a circularly
+    shifted input is exactly a circular shift of the unshifted output. This is the anchored
+    patch projection of ViT, DeiT and Twins (kernel = stride); overlapping kernels work too
+    when the padding is circular.
+
+    The parameters are those of ``nn.Conv2d`` (same names, same shapes), so state dicts load.
+
+    Args:
+        in_channels: Input channels.
+        out_channels: Output channels.
+        kernel_size: Kernel size.
+        stride: Stride; the anchoring period.
+        padding: Padding; must be 0 unless ``padding_mode="circular"`` (zero padding marks the
+            border, which breaks circular equivariance).
+        dilation: Dilation.
+        groups: Groups.
+        bias: Whether to add a bias.
+        padding_mode: ``"zeros"`` (only with ``padding=0``) or ``"circular"``.
+        energy: Energy that picks the anchor, ``"l1"`` (default) or ``"l2"``.
+        device: Device of the parameters.
+        dtype: Dtype of the parameters.
+
+    Raises:
+        ValueError: If the padding is not circular and not 0.
+
+    Shape:
+        - input: :math:`(B, C_{in}, H, W)`, ``H`` and ``W`` multiples of the stride
+        - output: :math:`(B, C_{out}, H_{out}, W_{out})` as for ``nn.Conv2d``
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, int],
+        stride: int | tuple[int, int] = 1,
+        padding: int | tuple[int, int] = 0,
+        dilation: int | tuple[int, int] = 1,
+        groups: int = 1,
+        bias: bool = True,
+        padding_mode: str = "zeros",
+        *,
+        energy: Energy = "l1",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__(
+            in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, padding_mode,
+            device=device, dtype=dtype,
+        )  # fmt: skip
+        if padding_mode != "circular" and any(p != 0 for p in self.padding):  # type: ignore[union-attr]
+            raise ValueError(
+                f"AnchoredConv2d needs padding=0 or padding_mode='circular', got padding={self.padding} "
+                f"with padding_mode={padding_mode!r}: zero padding marks the image border"
+            )
+        if energy not in ("l1", "l2"):
+            raise ValueError(f"energy must be 'l1' or 'l2', got {energy!r}")
+        self.energy: Energy = energy
+
+    @classmethod
+    def from_conv(cls, conv: nn.Conv2d, *, energy: Energy = "l1") -> AnchoredConv2d:
+        """Build from an existing ``nn.Conv2d``, sharing its parameters (no copy).
+
+        Args:
+            conv: The convolution to anchor; zero padding must be 0.
+            energy: Energy that picks the anchor.
+
+        Returns:
+            An ``AnchoredConv2d`` whose weight and bias are ``conv``'s own parameters.
+
+        Raises:
+            TypeError: If ``conv`` is not an ``nn.Conv2d``.
+            ValueError: If ``conv`` zero-pads.
+        """
+        if not isinstance(conv, nn.Conv2d):
+            raise TypeError(f"expected an nn.Conv2d, got {type(conv).__name__}")
+        new = cls(
+            conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,  # type: ignore[arg-type]
+            conv.dilation, conv.groups, conv.bias is not None, conv.padding_mode, energy=energy, device="meta",
+        )  # fmt: skip
+        new.load_state_dict(conv.state_dict(keep_vars=True), assign=True)
+        new.train(conv.training)
+        return new
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Anchor ``x`` with period = stride, then convolve.
+
+        Args:
+            x: Input feature maps.
+
+        Returns:
+            The convolution of the anchored input.
+
+        Raises:
+            ValueError: If ``x`` is not 4-D or its size is not a multiple of the stride.
+        """
+        anchored, _ = polyphase_anchor(x, self.stride, energy=self.energy)  # type: ignore[arg-type]
+        return super().forward(anchored)
+
+    def extra_repr(self) -> str:
+        """Conv2d's description plus the energy."""
+        return f"{super().extra_repr()}, energy={self.energy}"
