@@ -67,3 +67,22 @@ def naive_consistency(x: torch.Tensor, stride: tuple[int, int], shift: tuple[int
     y = naive_l2_anchor(x, stride)
     y_shifted = naive_l2_anchor(torch.roll(x, shift, dims=(2, 3)), stride)
     return torch.tensor([is_whole_period_roll(y_shifted[b], y[b], stride, (0, 0)) for b in range(x.shape[0])])
+
+
+def is_some_roll(candidate: torch.Tensor, reference: torch.Tensor, dims: tuple[int, int], atol: float = 0.0) -> bool:
+    """Whether ``candidate`` equals ``reference`` circularly rolled along ``dims`` by some amount.
+
+    Exact when ``atol`` is 0, else within ``atol``. Tries every roll, so keep the grids small.
+    """
+    height, width = reference.shape[dims[0]], reference.shape[dims[1]]
+    for dy, dx in itertools.product(range(height), range(width)):
+        rolled = torch.roll(reference, (dy, dx), dims=dims)
+        close = _same(rolled, candidate) if atol == 0 else torch.allclose(rolled, candidate, rtol=0, atol=atol)
+        if close:
+            return True
+    return False
+
+
+def roll_each(x: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
+    """Roll sample ``b`` of ``x`` (B, C, H, W) by ``shifts[b]`` with ``torch.roll`` (the reference)."""
+    return torch.stack([torch.roll(x[b], (int(s[0]), int(s[1])), dims=(1, 2)) for b, s in enumerate(shifts)])

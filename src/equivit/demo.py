@@ -11,40 +11,9 @@ import argparse
 import torch
 
 import equivit
+from equivit.testing.photos import load_photos
 
-__all__ = ["load_photos", "main"]
-
-PHOTOS = (
-    "astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "hubble_deep_field",
-    "stereo_motorcycle", "retina", "colorwheel", "logo", "coins", "camera", "moon", "clock", "grass", "brick",
-)  # fmt: skip
-
-
-def load_photos(size: int = 224) -> torch.Tensor:
-    """Real RGB photographs from scikit-image, resized to ``size x size`` and ImageNet-normalised.
-
-    Raises:
-        ImportError: If scikit-image is not installed (``pip install "equivit-timm[photos]"``).
-
-    Shape:
-        - output: :math:`(N, 3, size, size)`
-    """
-    try:
-        from skimage import data
-    except ImportError as error:  # pragma: no cover - depends on the environment
-        raise ImportError('the demo needs scikit-image: pip install "equivit-timm[photos]"') from error
-    images = []
-    for name in PHOTOS:
-        array = getattr(data, name)()
-        array = array[0] if isinstance(array, tuple) else array  # stereo pairs
-        image = torch.from_numpy(array.copy()).float()
-        image = image[..., :3] if image.dim() == 3 else image[..., None].expand(*image.shape, 3)  # RGBA, grey
-        image = image.permute(2, 0, 1)[None] / 255
-        images.append(torch.nn.functional.interpolate(image, size=(size, size), mode="bilinear", antialias=True))
-    batch = torch.cat(images)
-    mean = torch.tensor([0.485, 0.456, 0.406])[:, None, None]
-    std = torch.tensor([0.229, 0.224, 0.225])[:, None, None]
-    return (batch - mean) / std
+__all__ = ["main"]
 
 
 def _patch_tokens_are_rolled(tokens: torch.Tensor, shifted_tokens: torch.Tensor) -> torch.Tensor:

@@ -43,7 +43,7 @@ from typing import Literal
 
 import torch
 
-from equivit.canonical import cyclic_rotation_rank
+from equivit.canonical import cyclic_rotation_rank, dense_rank
 from equivit.roll import roll_to_anchor
 
 __all__ = [
@@ -166,32 +166,63 @@ def polyphase_energy(
     return torch.nan_to_num(out, nan=torch.inf)
 
 
-def _scores_from_energies(fine: torch.Tensor, coarse: torch.Tensor) -> torch.Tensor:
-    """Scores from the fine and coarse energy grids (see :func:`anchor_scores`).
+def _channel_mix(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """``|sum_c r_c x_c|`` per position, with fixed small-integer weights ``r`` (float64, exact).
+
+    Tokens that are channel permutations of each other have the same L1 norm; this statistic
+    tells most of them apart. The weights are nonzero integers from -4 to 4, so every product
+    and, with the headroom that the energies need anyway, every sum is exact: equal tokens give
+    equal values wherever they sit.
+
+    Shape:
+        - x: :math:`(B, C, H, W)`, or :math:`(B, H, W, C)` with ``channels_last=True``
+        - output: :math:`(B, 1, H, W)`
+    """
+    channels = x.shape[-1] if channels_last else x.shape[1]
+    index = torch.arange(channels, device=x.device)
+    weights = ((index * 5) % 4 + 1) * (1 - 2 * ((index * 3 // 2) % 2))
+    acc = _accumulate_dtype(x)
+    if channels_last:
+        mixed = (x.detach().to(acc) * weights.to(acc)).sum(dim=-1)
+    else:
+        mixed = (x.detach().to(acc) * weights.to(acc)[:, None, None]).sum(dim=1)
+    return mixed.abs()[:, None]
+
+
+def _scores_from_energies(fine: torch.Tensor, coarse: torch.Tensor, mix: torch.Tensor) -> torch.Tensor:
+    """Scores from the coarse and fine energy grids and the fine channel-mix grid.
+
+    Candidates are ordered by their rotated coarse grid, then by the rotated fine grid whose
+    cells are (L1 energy, channel-mix energy) pairs, taking the best of each candidate's lifts.
 
     Shape:
         - fine: :math:`(B, m_h s_h, m_w s_w)`
         - coarse: :math:`(B, s_h, s_w)`
+        - mix: :math:`(B, m_h s_h, m_w s_w)`
         - output: :math:`(B, s_h, s_w)`
     """
     coarse_rank = cyclic_rotation_rank(coarse)
     batch, sh, sw = coarse.shape
     mh, mw = fine.shape[1] // sh, fine.shape[2] // sw
-    if mh == mw == 1:  # no finer grid fits: nothing more to compare
-        return coarse_rank
-    fine_rank = cyclic_rotation_rank(fine).view(batch, mh, sh, mw, sw).amax(dim=(1, 3))
-    return coarse_rank * fine.shape[1] * fine.shape[2] + fine_rank
+    cells = fine.shape[1] * fine.shape[2]
+    pair = dense_rank(fine.flatten(1)) * (cells + 1) + dense_rank(mix.flatten(1))
+    fine_rank = cyclic_rotation_rank(pair.view(fine.shape)).view(batch, mh, sh, mw, sw).amax(dim=(1, 3))
+    return coarse_rank * (cells + 1) + fine_rank
 
 
 def _energy_grids(
     x: torch.Tensor, stride: int | tuple[int, int], energy: Energy, channels_last: bool, name: str
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
     sh, sw = normalize_stride(stride)
     height, width = _check_input(x, (sh, sw), channels_last, name)
     mh, mw = fine_multiplier(height, sh), fine_multiplier(width, sw)
     fine = polyphase_energy(x, (mh * sh, mw * sw), energy=energy, channels_last=channels_last)
     coarse = fine.view(fine.shape[0], mh, sh, mw, sw).sum(dim=(1, 3))
-    return fine, coarse
+    return fine, coarse, (mh * sh, mw * sw)
+
+
+def _mix_grid(x: torch.Tensor, fine_period: tuple[int, int], channels_last: bool) -> torch.Tensor:
+    return polyphase_energy(_channel_mix(x, channels_last), fine_period, energy="l1")
 
 
 def anchor_scores(
@@ -221,11 +252,13 @@ def anchor_scores(
         - x: :math:`(B, C, H, W)`, or :math:`(B, H, W, C)` with ``channels_last=True``
         - output: :math:`(B, s_h, s_w)`
     """
-    fine, coarse = _energy_grids(x, stride, energy, channels_last, "anchor_scores")
-    return _scores_from_energies(fine, coarse)
+    fine, coarse, fine_period = _energy_grids(x, stride, energy, channels_last, "anchor_scores")
+    return _scores_from_energies(fine, coarse, _mix_grid(x, fine_period, channels_last))
 
 
-def _best_phase(fine: torch.Tensor, coarse: torch.Tensor) -> torch.Tensor:
+def _best_phase(
+    x: torch.Tensor, fine: torch.Tensor, coarse: torch.Tensor, fine_period: tuple[int, int], channels_last: bool
+) -> torch.Tensor:
     """Flat index of the highest-scoring phase, computing the ranks only where needed.
 
     When every sample's largest coarse energy is unique, that phase also has the highest score
@@ -235,26 +268,28 @@ def _best_phase(fine: torch.Tensor, coarse: torch.Tensor) -> torch.Tensor:
     the ranking always runs, since the check would wait for the device.
 
     Shape:
+        - x: :math:`(B, C, H, W)`, or :math:`(B, H, W, C)` with ``channels_last=True``
         - fine: :math:`(B, m_h s_h, m_w s_w)`
         - coarse: :math:`(B, s_h, s_w)`
         - output: :math:`(B,)`
     """
     flat = coarse.flatten(1)
 
-    def plain(fine: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
+    def plain(x: torch.Tensor, fine: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
         return flat.argmax(dim=1)
 
-    def ranked(fine: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
-        return _scores_from_energies(fine, flat.view(coarse.shape)).flatten(1).argmax(dim=1)
+    def ranked(x: torch.Tensor, fine: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
+        mix = _mix_grid(x, fine_period, channels_last)
+        return _scores_from_energies(fine, flat.view(coarse.shape), mix).flatten(1).argmax(dim=1)
 
     if flat.shape[0] == 0 or flat.shape[1] == 1:
-        return plain(fine, flat)
+        return plain(x, fine, flat)
     unique = ((flat == flat.amax(dim=1, keepdim=True)).sum(dim=1) == 1).all()
     if torch.compiler.is_compiling():
-        return torch.cond(unique, plain, ranked, (fine, flat))
+        return torch.cond(unique, plain, ranked, (x, fine, flat))
     if flat.device.type == "cpu" and bool(unique):
-        return plain(fine, flat)
-    return ranked(fine, flat)
+        return plain(x, fine, flat)
+    return ranked(x, fine, flat)
 
 
 def anchor_offsets(
@@ -279,9 +314,9 @@ def anchor_offsets(
         - x: :math:`(B, C, H, W)`, or :math:`(B, H, W, C)` with ``channels_last=True``
         - output: :math:`(B, 2)`
     """
-    fine, coarse = _energy_grids(x, stride, energy, channels_last, "anchor_offsets")
+    fine, coarse, fine_period = _energy_grids(x, stride, energy, channels_last, "anchor_offsets")
     sw = coarse.shape[2]
-    best = _best_phase(fine, coarse)
+    best = _best_phase(x, fine, coarse, fine_period, channels_last)
     return torch.stack((torch.div(best, sw, rounding_mode="floor"), torch.remainder(best, sw)), dim=1)
 
 

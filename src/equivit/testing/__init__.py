@@ -1,11 +1,26 @@
-"""Helpers for property-testing shift equivariance: input families and hypothesis strategies.
+"""Helpers for property-testing shift equivariance.
 
-``equivit.testing.families`` builds the image families (no extra dependency);
-``equivit.testing.strategies`` wraps them as hypothesis strategies (needs ``hypothesis``).
+- :func:`shift_consistency`: how often a classifier keeps its top-1 under random circular shifts.
+- :func:`perturb_weights_`: give a fresh model trained-looking norms and embeddings.
+- :func:`load_photos`: real photographs from scikit-image.
+- ``equivit.testing.families`` builds synthetic image families (no extra dependency);
+  ``equivit.testing.strategies`` wraps them as hypothesis strategies (needs ``hypothesis``).
 """
 
 from __future__ import annotations
 
+from equivit.testing.consistency import ShiftConsistency, random_shifts, shift_consistency
 from equivit.testing.families import FAMILIES, make_images
+from equivit.testing.photos import PHOTOS, load_photos
+from equivit.testing.weights import perturb_weights_
 
-__all__ = ["FAMILIES", "make_images"]
+__all__ = [
+    "FAMILIES",
+    "PHOTOS",
+    "ShiftConsistency",
+    "load_photos",
+    "make_images",
+    "perturb_weights_",
+    "random_shifts",
+    "shift_consistency",
+]

@@ -1,0 +1,120 @@
+"""How often a classifier keeps its prediction under random circular shifts."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from torch import nn
+
+from equivit.roll import roll_from_anchor
+
+__all__ = ["ShiftConsistency", "random_shifts", "shift_consistency"]
+
+
+@dataclasses.dataclass(frozen=True)
+class ShiftConsistency:
+    """Result of :func:`shift_consistency`.
+
+    Attributes:
+        consistent: Number of (image, shift) pairs whose top-1 class did not change.
+        total: Number of pairs.
+        max_logit_change: Largest absolute change of any logit over all pairs.
+    """
+
+    consistent: int
+    total: int
+    max_logit_change: float
+
+    @property
+    def fraction(self) -> float:
+        """Share of pairs whose top-1 class did not change (1.0 when there are none)."""
+        return self.consistent / self.total if self.total else 1.0
+
+    def __str__(self) -> str:
+        """For example ``16/16 (100.0 %), max logit change 4.2e-07``."""
+        return (
+            f"{self.consistent}/{self.total} ({100 * self.fraction:.1f} %), "
+            f"max logit change {self.max_logit_change:.2g}"
+        )
+
+
+def random_shifts(
+    count: int,
+    size: tuple[int, int],
+    *,
+    max_shift: int | None = None,
+    seed: int = 0,
+    device: torch.device | None = None,
+) -> torch.Tensor:
+    """Random circular shifts ``(dy, dx)``, one per image, never both zero.
+
+    Args:
+        count: Number of shifts.
+        size: ``(H, W)`` of the images; shifts are taken modulo it.
+        max_shift: Largest absolute shift per axis (default: the whole image).
+        seed: Seed.
+        device: Device of the result.
+
+    Returns:
+        int64 shifts.
+
+    Shape:
+        - output: :math:`(count, 2)`
+    """
+    generator = torch.Generator().manual_seed(seed)
+    height, width = size
+    limits = torch.tensor([height - 1, width - 1] if max_shift is None else [max_shift, max_shift])
+    limits = torch.minimum(limits, torch.tensor([height - 1, width - 1]))
+    shifts = torch.stack(
+        [torch.randint(-int(limit), int(limit) + 1, (count,), generator=generator) for limit in limits], dim=1
+    )
+    zero = (shifts == 0).all(dim=1)
+    shifts[zero, 1] = 1 if width > 1 else 0
+    shifts[zero & (width == 1), 0] = 1 if height > 1 else 0
+    return shifts.to(device)
+
+
+@torch.no_grad()
+def shift_consistency(
+    model: nn.Module,
+    images: torch.Tensor,
+    *,
+    shifts_per_image: int = 1,
+    max_shift: int | None = None,
+    seed: int = 0,
+) -> ShiftConsistency:
+    """Top-1 consistency of a classifier under random circular shifts, one shift per image and round.
+
+    Each image is compared with circularly shifted copies of itself, each by its own random
+    shift (not one shift for the whole batch). The model is run as it is (call ``.eval()``
+    first for inference behaviour).
+
+    Args:
+        model: A classifier returning logits ``(B, K)``.
+        images: The images.
+        shifts_per_image: Shifted copies per image.
+        max_shift: Largest absolute shift per axis (default: any).
+        seed: Seed of the shifts.
+
+    Returns:
+        Counts and the largest logit change.
+
+    Shape:
+        - images: :math:`(B, C, H, W)`
+    """
+    reference = model(images)
+    consistent, total, largest = 0, 0, 0.0
+    for round_index in range(shifts_per_image):
+        shifts = random_shifts(
+            images.shape[0],
+            tuple(images.shape[-2:]),
+            max_shift=max_shift,
+            seed=seed + round_index,
+            device=images.device,
+        )
+        logits = model(roll_from_anchor(images, shifts))
+        consistent += int((logits.argmax(dim=1) == reference.argmax(dim=1)).sum())
+        total += images.shape[0]
+        largest = max(largest, float((logits - reference).abs().max()) if logits.numel() else 0.0)
+    return ShiftConsistency(consistent, total, largest)

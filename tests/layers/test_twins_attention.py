@@ -1,0 +1,125 @@
+"""AnchoredLocallyGroupedAttn and AnchoredGlobalSubSampleAttn: Twins attention made equivariant."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+from timm.models.twins import GlobalSubSampleAttn, LocallyGroupedAttn
+from torch import nn
+
+import equivit
+from equivit.layers import AnchoredGlobalSubSampleAttn, AnchoredLocallyGroupedAttn
+from equivit.testing import FAMILIES, make_images, perturb_weights_
+from helpers import is_some_roll
+
+DIM = 8
+
+
+def _lsa(ws: int = 3, dtype: torch.dtype = torch.float32) -> AnchoredLocallyGroupedAttn:
+    torch.manual_seed(0)
+    return AnchoredLocallyGroupedAttn(DIM, num_heads=2, ws=ws, dtype=dtype).eval()
+
+
+def _gsa(sr: int = 2, dtype: torch.dtype = torch.float32) -> AnchoredGlobalSubSampleAttn:
+    torch.manual_seed(0)
+    return perturb_weights_(AnchoredGlobalSubSampleAttn(DIM, num_heads=2, sr_ratio=sr, dtype=dtype)).eval()
+
+
+def _tokens(family: str, height: int, width: int, seed: int) -> torch.Tensor:
+    grid = make_images(family, (2, DIM, height, width), seed=seed)  # (B, C, H, W)
+    return nn.functional.layer_norm(grid.permute(0, 2, 3, 1), (DIM,)).reshape(2, height * width, DIM)
+
+
+def _roll_tokens(x: torch.Tensor, size: tuple[int, int], shift: tuple[int, int]) -> torch.Tensor:
+    grid = x.reshape(x.shape[0], *size, x.shape[-1])
+    return torch.roll(grid, shift, dims=(1, 2)).reshape(x.shape)
+
+
+def test_smoke_from_timm_shares_parameters_and_matches_when_anchor_is_origin() -> None:
+    stock = LocallyGroupedAttn(DIM, num_heads=2, ws=2).eval()
+    anchored = AnchoredLocallyGroupedAttn.from_timm(stock)
+    assert anchored.qkv.weight is stock.qkv.weight
+    x = torch.randn(1, 16, DIM)
+    assert anchored(x, (4, 4)).shape == (1, 16, DIM)
+    stock_gsa = GlobalSubSampleAttn(DIM, num_heads=2, sr_ratio=2).eval()
+    anchored_gsa = AnchoredGlobalSubSampleAttn.from_timm(stock_gsa)
+    assert anchored_gsa.sr.weight is stock_gsa.sr.weight
+    assert anchored_gsa.norm.weight is stock_gsa.norm.weight
+    assert anchored_gsa(x, (4, 4)).shape == (1, 16, DIM)
+    # with sr_ratio 1 there is nothing to anchor: same result as timm's module
+    plain = GlobalSubSampleAttn(DIM, num_heads=2, sr_ratio=1).eval()
+    assert torch.allclose(AnchoredGlobalSubSampleAttn.from_timm(plain)(x, (4, 4)), plain(x, (4, 4)), atol=1e-6)
+
+
+def test_errors() -> None:
+    with pytest.raises(ValueError, match="5 x 6 is not a multiple of the window size 3"):
+        _lsa(3)(torch.randn(1, 30, DIM), (5, 6))
+    with pytest.raises(ValueError, match="5 x 6 is not a multiple of the reduction stride 2"):
+        _gsa(2)(torch.randn(1, 30, DIM), (5, 6))
+    with pytest.raises(ValueError, match="holds 30 tokens"):
+        _lsa(3)(torch.randn(1, 30, DIM), (6, 6))
+    with pytest.raises(ValueError, match="at least 2"):
+        AnchoredLocallyGroupedAttn(DIM, ws=1)
+    with pytest.raises(TypeError):
+        AnchoredLocallyGroupedAttn.from_timm(nn.Linear(2, 2))  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        AnchoredGlobalSubSampleAttn.from_timm(nn.Linear(2, 2))  # type: ignore[arg-type]
+
+
+@given(
+    family=st.sampled_from(FAMILIES),
+    window=st.sampled_from([2, 3]),
+    blocks=st.tuples(st.integers(1, 3), st.integers(1, 3)),
+    shift=st.tuples(st.integers(-9, 9), st.integers(-9, 9)),
+    seed=st.integers(0, 2**16),
+    layer=st.sampled_from(["lsa", "gsa"]),
+)
+def test_output_of_shifted_tokens_is_the_same_shift(
+    family: str, window: int, blocks: tuple[int, int], shift: tuple[int, int], seed: int, layer: str
+) -> None:
+    size = (window * blocks[0], window * blocks[1])
+    module = _lsa(window) if layer == "lsa" else _gsa(window)
+    x = _tokens(family, *size, seed)
+    with torch.no_grad():
+        reference = module(x, size)
+        shifted = module(_roll_tokens(x, size, shift), size)
+    expected = _roll_tokens(reference, size, shift)
+    grid = x.reshape(2, *size, DIM)
+    tied = equivit.unresolved_ties(grid, window, channels_last=True)
+    for b in range(2):
+        if layer == "gsa" or not tied[b]:
+            assert torch.allclose(shifted[b], expected[b], rtol=0, atol=1e-5), float((shifted - expected).abs().max())
+        else:
+            # A tie left means the grid repeats with a period the windows do not share; no choice
+            # of anchor can then shift the windowed output with the input. It is a roll of the
+            # reference output (by a period of the input), which is what the next layers need.
+            assert is_some_roll(shifted[b].view(*size, DIM), reference[b].view(*size, DIM), dims=(0, 1), atol=1e-5)
+
+
+def test_stock_modules_are_not_equivariant() -> None:
+    torch.manual_seed(0)
+    x, size, shift = torch.randn(2, 36, DIM), (6, 6), (1, 2)
+    for module in (LocallyGroupedAttn(DIM, 2, ws=3).eval(), GlobalSubSampleAttn(DIM, 2, sr_ratio=3).eval()):
+        with torch.no_grad():
+            shifted, reference = module(_roll_tokens(x, size, shift), size), module(x, size)
+        assert not torch.allclose(shifted, _roll_tokens(reference, size, shift), atol=1e-3)
+
+
+@pytest.mark.parametrize("layer", ["lsa", "gsa"])
+def test_gradients(layer: str) -> None:
+    module = (_lsa(2) if layer == "lsa" else _gsa(2)).double()
+    module.fused_attn = False  # double backward of the fused kernel is not implemented on every build
+    x = torch.randn(1, 16, DIM, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: module(t, (4, 4)), (x,))
+    assert torch.autograd.gradgradcheck(lambda t: module(t, (4, 4)), (x,))
+
+
+@pytest.mark.parametrize("layer", ["lsa", "gsa"])
+def test_compiles_without_graph_breaks(layer: str) -> None:
+    module = _lsa(2) if layer == "lsa" else _gsa(2)
+    x = torch.randn(2, 16, DIM)
+    assert torch._dynamo.explain(module)(x, (4, 4)).graph_break_count == 0
+    compiled = torch.compile(module, fullgraph=True, backend="aot_eager")
+    assert torch.allclose(compiled(x, (4, 4)), module(x, (4, 4)), atol=1e-5, rtol=0)
