@@ -86,3 +86,6 @@ def is_some_roll(candidate: torch.Tensor, reference: torch.Tensor, dims: tuple[i
 def roll_each(x: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
     """Roll sample ``b`` of ``x`` (B, C, H, W) by ``shifts[b]`` with ``torch.roll`` (the reference)."""
     return torch.stack([torch.roll(x[b], (int(s[0]), int(s[1])), dims=(1, 2)) for b, s in enumerate(shifts)])
+
+
+CONSISTENCY_ROWS: list[str] = []  # filled by the model tests, printed by conftest at the end

@@ -1,0 +1,102 @@
+"""Throughput of converted models against the stock timm models, interleaved in one process.
+
+For each model: forward in eval mode (no grad) and one training step (forward, cross-entropy,
+backward, SGD step), batch 16 at 224 px, random init. Stock and converted runs alternate so that
+both see the same machine state; the table gives medians and the ratio converted / stock of
+throughput (higher is better, 1.0 = as fast as stock).
+
+    python benchmarks/bench_models.py [--device cuda] [--repeats 7] [--batch 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+from collections.abc import Callable
+
+import timm
+import torch
+from torch import nn
+
+import equivit
+
+MODELS = ("vit_small_patch16_224", "deit_small_patch16_224", "twins_svt_small", "twins_pcpvt_small")
+
+
+def timed(function: Callable[[], object], device: torch.device) -> float:
+    """Wall time of one call in milliseconds (synchronising CUDA)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    function()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return (time.perf_counter() - start) * 1e3
+
+
+def forward_step(model: nn.Module, images: torch.Tensor) -> Callable[[], object]:
+    """One forward pass without gradients, in eval mode."""
+
+    def run() -> object:
+        model.eval()
+        with torch.no_grad():
+            return model(images)
+
+    return run
+
+
+def training_step(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> Callable[[], object]:
+    """One SGD step on cross-entropy, in train mode."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
+
+    def run() -> object:
+        model.train()
+        optimizer.zero_grad(set_to_none=True)
+        loss = nn.functional.cross_entropy(model(images), labels)
+        loss.backward()
+        optimizer.step()
+        return loss
+
+    return run
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--models", nargs="+", default=list(MODELS))
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    images = torch.randn(args.batch, 3, 224, 224, device=device)
+    labels = torch.randint(0, 1000, (args.batch,), device=device)
+    print(
+        f"torch {torch.__version__}, timm {timm.__version__}, {platform.processor() or platform.machine()}, "
+        f"{torch.get_num_threads()} threads, device {device}, batch {args.batch}, 224 px, median of {args.repeats}"
+    )
+    print()
+    print("| model | mode | stock ms | converted ms | converted / stock throughput |")
+    print("|---|---|---|---|---|")
+    for name in args.models:
+        stock = timm.create_model(name).to(device)
+        converted = equivit.convert(stock)
+        for mode in ("forward", "train step"):
+            steps = {
+                key: forward_step(model, images) if mode == "forward" else training_step(model, images, labels)
+                for key, model in (("stock", stock), ("converted", converted))
+            }
+            for step in steps.values():  # warm-up
+                step()
+            times: dict[str, list[float]] = {"stock": [], "converted": []}
+            for _ in range(args.repeats):
+                for key, step in steps.items():
+                    times[key].append(timed(step, device))
+            stock_ms, converted_ms = statistics.median(times["stock"]), statistics.median(times["converted"])
+            print(f"| {name} | {mode} | {stock_ms:.1f} | {converted_ms:.1f} | {stock_ms / converted_ms:.3f} |")
+
+
+if __name__ == "__main__":
+    main()
