@@ -12,12 +12,11 @@ from __future__ import annotations
 import argparse
 import platform
 import statistics
-import time
-from collections.abc import Callable
 
 import torch
 
 import equivit
+from timing import timed
 
 CASES: list[tuple[tuple[int, int, int, int], int]] = [
     ((64, 3, 224, 224), 16),
@@ -25,17 +24,6 @@ CASES: list[tuple[tuple[int, int, int, int], int]] = [
     *[((64, 3, 224, 224), stride) for stride in (2, 4, 8)],
     ((64, 3, 224, 224), 14),
 ]
-
-
-def timed(function: Callable[[], object], device: torch.device) -> float:
-    """Wall time of one call in milliseconds (synchronising CUDA)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    function()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return (time.perf_counter() - start) * 1e3
 
 
 def measure(

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import platform
 import statistics
-import time
 from collections.abc import Callable
 
 import timm
@@ -21,19 +20,9 @@ import torch
 from torch import nn
 
 import equivit
+from timing import timed
 
 MODELS = ("vit_small_patch16_224", "deit_small_patch16_224", "twins_svt_small", "twins_pcpvt_small")
-
-
-def timed(function: Callable[[], object], device: torch.device) -> float:
-    """Wall time of one call in milliseconds (synchronising CUDA)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    function()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return (time.perf_counter() - start) * 1e3
 
 
 def forward_step(model: nn.Module, images: torch.Tensor) -> Callable[[], object]:

@@ -15,7 +15,12 @@ from torch import nn
 
 from equivit.audit import equivariance_violations
 from equivit.convert_twins import convert_twins
-from equivit.convert_vit import EquivariantVisionTransformerDistilled, convert_vision_transformer, prefix_token_names
+from equivit.convert_vit import (
+    EquivariantVisionTransformerDistilled,
+    convert_vision_transformer,
+    prefix_rows,
+    prefix_token_names,
+)
 from equivit.polyphase import Energy
 from equivit.report import ConversionReport, InputSizeCheck, UnsupportedModelError
 
@@ -181,11 +186,9 @@ def convert_state_dict(state_dict: Mapping[str, torch.Tensor], model: nn.Module)
         return mapped
     pos_embed = mapped.pop("pos_embed", None)
     if pos_embed is not None and not model.no_embed_class:
-        start = 0
-        for name in prefix_token_names(model):  # type: ignore[arg-type]
-            token = mapped[name]
-            mapped[name] = token + pos_embed[:, start : start + token.shape[1]].to(token.dtype)
-            start += token.shape[1]
+        sizes = {name: mapped[name].shape[1] for name in prefix_token_names(model)}  # type: ignore[arg-type]
+        for name, rows in prefix_rows(pos_embed, sizes).items():
+            mapped[name] = mapped[name] + rows.to(mapped[name].dtype)
     own = model.state_dict()
     for name in report.new_parameters:
         mapped.setdefault(name, own[name])

@@ -12,7 +12,7 @@ from equivit.layers import AnchoredPatchEmbed
 from equivit.polyphase import Energy
 from equivit.report import ConversionReport, UnsupportedModelError
 
-__all__ = ["EquivariantVisionTransformerDistilled", "convert_vision_transformer", "prefix_token_names"]
+__all__ = ["EquivariantVisionTransformerDistilled", "convert_vision_transformer", "prefix_rows", "prefix_token_names"]
 
 
 class EquivariantVisionTransformerDistilled(VisionTransformerDistilled):
@@ -51,6 +51,23 @@ def prefix_token_names(model: VisionTransformer) -> list[str]:
     return [name for name in ("cls_token", "reg_token") if getattr(model, name, None) is not None]
 
 
+def prefix_rows(pos_embed: torch.Tensor, token_sizes: dict[str, int]) -> dict[str, torch.Tensor]:
+    """The rows of an absolute position embedding that the stock model adds to each prefix token.
+
+    Args:
+        pos_embed: ``(1, prefix + N, C)``, prefix rows first.
+        token_sizes: Number of tokens of each prefix parameter, in ``pos_embed`` order.
+
+    Returns:
+        For each prefix parameter, its rows ``(1, count, C)``.
+    """
+    rows, start = {}, 0
+    for name, count in token_sizes.items():
+        rows[name] = pos_embed[:, start : start + count]
+        start += count
+    return rows
+
+
 def convert_vision_transformer(model: VisionTransformer, report: ConversionReport, energy: Energy) -> None:
     """Make a timm ViT or DeiT shift-equivariant, in place.
 
@@ -87,13 +104,11 @@ def convert_vision_transformer(model: VisionTransformer, report: ConversionRepor
     pos_embed = model.pos_embed
     prefix = prefix_token_names(model)
     if pos_embed is not None and not model.no_embed_class and prefix:
+        sizes = {name: getattr(model, name).shape[1] for name in prefix}
         with torch.no_grad():
-            start = 0
-            for token_name in prefix:
+            for token_name, rows in prefix_rows(pos_embed, sizes).items():
                 token = getattr(model, token_name)
-                count = token.shape[1]
-                token.add_(pos_embed[:, start : start + count].to(token.dtype))
-                start += count
+                token.add_(rows.to(token.dtype))
         report.folded_prefix.extend(prefix)
         report.add(", ".join(prefix), "prefix tokens", "prefix tokens + their rows of pos_embed")
 

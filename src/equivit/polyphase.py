@@ -212,17 +212,18 @@ def _scores_from_energies(fine: torch.Tensor, coarse: torch.Tensor, mix: torch.T
 
 def _energy_grids(
     x: torch.Tensor, stride: int | tuple[int, int], energy: Energy, channels_last: bool, name: str
-) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
+) -> tuple[torch.Tensor, torch.Tensor]:
     sh, sw = normalize_stride(stride)
     height, width = _check_input(x, (sh, sw), channels_last, name)
     mh, mw = fine_multiplier(height, sh), fine_multiplier(width, sw)
     fine = polyphase_energy(x, (mh * sh, mw * sw), energy=energy, channels_last=channels_last)
     coarse = fine.view(fine.shape[0], mh, sh, mw, sw).sum(dim=(1, 3))
-    return fine, coarse, (mh * sh, mw * sw)
+    return fine, coarse
 
 
-def _mix_grid(x: torch.Tensor, fine_period: tuple[int, int], channels_last: bool) -> torch.Tensor:
-    return polyphase_energy(_channel_mix(x, channels_last), fine_period, energy="l1")
+def _mix_grid(x: torch.Tensor, fine: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """Channel-mix energies on the grid of ``fine`` (whose shape is the fine period)."""
+    return polyphase_energy(_channel_mix(x, channels_last), (fine.shape[1], fine.shape[2]), energy="l1")
 
 
 def anchor_scores(
@@ -252,13 +253,11 @@ def anchor_scores(
         - x: :math:`(B, C, H, W)`, or :math:`(B, H, W, C)` with ``channels_last=True``
         - output: :math:`(B, s_h, s_w)`
     """
-    fine, coarse, fine_period = _energy_grids(x, stride, energy, channels_last, "anchor_scores")
-    return _scores_from_energies(fine, coarse, _mix_grid(x, fine_period, channels_last))
+    fine, coarse = _energy_grids(x, stride, energy, channels_last, "anchor_scores")
+    return _scores_from_energies(fine, coarse, _mix_grid(x, fine, channels_last))
 
 
-def _best_phase(
-    x: torch.Tensor, fine: torch.Tensor, coarse: torch.Tensor, fine_period: tuple[int, int], channels_last: bool
-) -> torch.Tensor:
+def _best_phase(x: torch.Tensor, fine: torch.Tensor, coarse: torch.Tensor, channels_last: bool) -> torch.Tensor:
     """Flat index of the highest-scoring phase, computing the ranks only where needed.
 
     When every sample's largest coarse energy is unique, that phase also has the highest score
@@ -279,7 +278,7 @@ def _best_phase(
         return flat.argmax(dim=1)
 
     def ranked(x: torch.Tensor, fine: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
-        mix = _mix_grid(x, fine_period, channels_last)
+        mix = _mix_grid(x, fine, channels_last)
         return _scores_from_energies(fine, flat.view(coarse.shape), mix).flatten(1).argmax(dim=1)
 
     if flat.shape[0] == 0 or flat.shape[1] == 1:
@@ -314,9 +313,9 @@ def anchor_offsets(
         - x: :math:`(B, C, H, W)`, or :math:`(B, H, W, C)` with ``channels_last=True``
         - output: :math:`(B, 2)`
     """
-    fine, coarse, fine_period = _energy_grids(x, stride, energy, channels_last, "anchor_offsets")
+    fine, coarse = _energy_grids(x, stride, energy, channels_last, "anchor_offsets")
     sw = coarse.shape[2]
-    best = _best_phase(x, fine, coarse, fine_period, channels_last)
+    best = _best_phase(x, fine, coarse, channels_last)
     return torch.stack((torch.div(best, sw, rounding_mode="floor"), torch.remainder(best, sw)), dim=1)
 
 

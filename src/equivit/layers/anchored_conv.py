@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from equivit.layers.sharing import take_over
 from equivit.polyphase import Energy, polyphase_anchor
 
 __all__ = ["AnchoredConv2d"]
@@ -95,9 +96,7 @@ class AnchoredConv2d(nn.Conv2d):
             conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,  # type: ignore[arg-type]
             conv.dilation, conv.groups, conv.bias is not None, conv.padding_mode, energy=energy, device="meta",
         )  # fmt: skip
-        new.load_state_dict(conv.state_dict(keep_vars=True), assign=True)
-        new.train(conv.training)
-        return new
+        return take_over(new, conv)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Anchor ``x`` with period = stride, then convolve.

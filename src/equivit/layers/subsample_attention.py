@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from timm.models.twins import GlobalSubSampleAttn
 
+from equivit.layers.sharing import take_over
 from equivit.polyphase import Energy, polyphase_anchor
 
 __all__ = ["AnchoredGlobalSubSampleAttn"]
@@ -72,10 +73,7 @@ class AnchoredGlobalSubSampleAttn(GlobalSubSampleAttn):
         )  # fmt: skip
         if module.norm is not None and new.norm is not None:
             new.norm = module.norm  # keeps its eps and type
-        new.load_state_dict(module.state_dict(keep_vars=True), assign=True)
-        new.fused_attn = module.fused_attn
-        new.train(module.training)
-        return new
+        return take_over(new, module)
 
     def forward(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """Attend from every token to keys and values reduced from the anchored grid.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from timm.models.twins import LocallyGroupedAttn
 
+from equivit.layers.sharing import take_over
 from equivit.polyphase import Energy, polyphase_anchor
 from equivit.roll import roll_from_anchor
 
@@ -73,10 +74,7 @@ class AnchoredLocallyGroupedAttn(LocallyGroupedAttn):
             module.dim, module.num_heads, module.attn_drop.p, module.proj_drop.p, module.ws, energy=energy,
             device="meta",
         )  # fmt: skip
-        new.load_state_dict(module.state_dict(keep_vars=True), assign=True)
-        new.fused_attn = module.fused_attn
-        new.train(module.training)
-        return new
+        return take_over(new, module)
 
     def forward(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """Anchor the token grid with period ``ws``, attend within windows, roll back.
