@@ -54,4 +54,19 @@ def test_rotation_rank_rejects_bad_shapes() -> None:
     with pytest.raises(ValueError, match=r"\(B, P, Q\)"):
         cyclic_rotation_rank(torch.zeros(4, 4))
     with pytest.raises(ValueError, match="fewer than"):
-        cyclic_rotation_rank(torch.zeros(1, 256, 256))
+        cyclic_rotation_rank(torch.zeros(1, 2**16, 2**16, device="meta"))
+
+
+@pytest.mark.parametrize(("rows", "cols"), [(224, 224), (200, 300)])
+def test_rotation_rank_on_full_resolution_grids(rows: int, cols: int) -> None:
+    """Grids as large as an image: four ranks per key at 224 x 224, three at 60,000 cells."""
+    generator = torch.Generator().manual_seed(rows)
+    grid = torch.randint(0, 2, (1, rows, cols), generator=generator)
+    grid[0, : rows // 2] = grid[0, rows // 2 :]  # periodic: pairs of equal rotations
+    ranks = cyclic_rotation_rank(grid)
+    assert torch.equal(cyclic_rotation_rank(torch.roll(grid, (7, 11), dims=(1, 2))), torch.roll(ranks, (7, 11), (1, 2)))
+    assert torch.equal(ranks[0, : rows // 2], ranks[0, rows // 2 :])  # equal rotations share a rank
+    assert ranks.unique().numel() == rows * cols // 2  # and only those
+    order = ranks.flatten().argsort()[-3:]
+    rotated = [torch.roll(grid[0], (-(int(k) // cols), -(int(k) % cols)), (0, 1)).flatten().tolist() for k in order]
+    assert rotated[-1] > rotated[-3]  # the larger rank is the larger rotation

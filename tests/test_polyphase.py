@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 import equivit
 from equivit.demo import load_photos
-from equivit.polyphase import fine_multiplier, normalize_stride
+from equivit.polyphase import normalize_stride
 from equivit.testing import FAMILIES, make_images
 from helpers import anchor_consistency, naive_consistency
 
@@ -129,41 +129,40 @@ def test_channels_last_error_names_layout() -> None:
 def test_anchor_is_shift_consistent(data: st.DataObject, stride, dtype: torch.dtype, family: str, seed: int) -> None:
     """Anchoring a shifted input gives the anchored input rolled by whole periods, exactly.
 
-    Any shape, stride, shift, dtype and family. A sample may only escape when its candidates
-    are tied for good (``unresolved_ties``); that status itself must not depend on the shift.
+    Any shape (up to 160 pixels, so that all three tiers of the choice are exercised), stride,
+    shift, dtype and family, every sample, no exception. Whether a sample has harmless ties left
+    (``unresolved_ties``) must not depend on the shift either.
     """
     sh, sw = normalize_stride(stride)
     shape = (
         data.draw(st.integers(1, 3)),
         data.draw(st.integers(1, 4)),
-        sh * data.draw(st.integers(1, 6)),
-        sw * data.draw(st.integers(1, 6)),
+        sh * data.draw(st.integers(1, 160 // sh)),
+        sw * data.draw(st.integers(1, 160 // sw)),
     )
     x = make_images(family, shape, seed=seed, dtype=dtype)
     shift = data.draw(st.tuples(st.integers(0, shape[2] - 1), st.integers(0, shape[3] - 1)))
     tied = equivit.unresolved_ties(x, (sh, sw))
     assert torch.equal(tied, equivit.unresolved_ties(torch.roll(x, shift, dims=(2, 3)), (sh, sw)))
-    consistent = anchor_consistency(x, (sh, sw), shift)
-    assert bool((consistent | tied).all()), (
+    assert bool(anchor_consistency(x, (sh, sw), shift).all()), (
         f"inconsistent anchors for {family} {dtype} {shape} stride {(sh, sw)} shift {shift}"
     )
 
 
-@given(data=st.data(), stride=STRIDES, dtype=DTYPES, family=st.sampled_from(FAMILIES), seed=st.integers(0, 2**31 - 1))
-def test_anchor_is_exact_when_fine_grid_covers_the_image(
-    data: st.DataObject, stride, dtype, family: str, seed: int
-) -> None:
-    """Up to 32 pixels per axis the tie-break sees the whole image: every family, no exception."""
-    sh, sw = normalize_stride(stride)
-    height = sh * data.draw(st.integers(1, 32 // sh))
-    width = sw * data.draw(st.integers(1, 32 // sw))
-    assert fine_multiplier(height, sh) * sh == height
-    assert fine_multiplier(width, sw) * sw == width
-    x = make_images(
-        family, (data.draw(st.integers(1, 3)), data.draw(st.integers(1, 3)), height, width), seed=seed, dtype=dtype
-    )
-    shift = data.draw(st.tuples(st.integers(0, height - 1), st.integers(0, width - 1)))
-    assert bool(anchor_consistency(x, (sh, sw), shift).all())
+@pytest.mark.parametrize(
+    ("family", "stride", "shape", "seed", "shift"),
+    [
+        ("stripes", 3, (4, 1, 90, 60), 2, (79, 51)),
+        ("stripes", 16, (4, 2, 96, 160), 5, (66, 66)),
+        ("checkerboard", 2, (4, 3, 34, 82), 34, (21, 20)),
+        ("checkerboard", 2, (4, 2, 66, 36), 40, (53, 20)),
+        ("stripes", 4, (4, 3, 128, 44), 46, (126, 41)),
+    ],
+)
+def test_structure_beyond_the_fine_grid_is_consistent(family: str, stride: int, shape, seed: int, shift) -> None:
+    """Cases whose coarse and fine grids tie harmfully: only the full-resolution tier gets them right."""
+    x = make_images(family, shape, seed=seed)
+    assert bool(anchor_consistency(x, (stride, stride), shift).all())
 
 
 def stripes_and_checkerboards(size: int, cell: int) -> torch.Tensor:
@@ -179,14 +178,32 @@ def stripes_and_checkerboards(size: int, cell: int) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("stride", [2, 4, 8, 16])
-@pytest.mark.parametrize("cell", [1, 2, 4, 8, 16])
-def test_stripes_and_checkerboards_within_the_fine_period_are_consistent(stride: int, cell: int) -> None:
-    """At 224 px the tie-break grid has period 32: stripes and cells whose period divides it resolve.
+@pytest.mark.parametrize("cell", [1, 2, 3, 8, 12, 16, 24, 28, 56])
+def test_stripes_and_checkerboards_at_224_are_consistent(stride: int, cell: int) -> None:
+    """Stripes and checkerboard cells of any width, inside the 32-pixel fine grid or far beyond it.
 
+    Widths whose period does not divide 32 (3, 12, 24, 28, 56) reach the full-resolution tier.
     (Stripes stay tied along their own direction, harmlessly: the image is invariant along it.)
     """
     x = stripes_and_checkerboards(224, cell)
     for shift in ((5, 11), (1, 0), (0, 3), (17, 29)):
+        assert bool(anchor_consistency(x, (stride, stride), shift).all())
+
+
+@pytest.mark.parametrize("stride", [7, 16, 32])
+def test_equal_dots_far_apart_are_consistent(stride: int) -> None:
+    """Two or three equal dots, tens of pixels apart: the coarse and fine energies tie, the pixel tier decides.
+
+    The third case puts two dots exactly half the image apart: the image is then periodic and the
+    tie is left, harmlessly (reported by ``unresolved_ties``), where half the image is not a
+    whole number of periods.
+    """
+    x = torch.zeros(3, 2, 224, 224)
+    x[0, :, 10, 20] = x[0, :, 150, 77] = 1.0
+    x[1, :, 3, 3] = x[1, :, 3, 100] = x[1, :, 190, 50] = 2.0
+    x[2, :, 40, 40] = x[2, :, 152, 152] = 1.0
+    assert equivit.unresolved_ties(x, stride).tolist() == [False, False, 112 % stride != 0]
+    for shift in ((5, 11), (13, 2), (100, 37)):
         assert bool(anchor_consistency(x, (stride, stride), shift).all())
 
 
@@ -240,6 +257,19 @@ def test_compiles_without_graph_breaks() -> None:
     y_eager, offsets_eager = equivit.polyphase_anchor(x, 8)
     assert torch.equal(offsets, offsets_eager)
     assert torch.equal(y, y_eager)
+
+
+def test_compiles_through_every_tier() -> None:
+    """The tie-break tiers are nested ``torch.cond``s: a tied input goes through all of them, no break."""
+    x = make_images("stripes", (4, 2, 128, 44), seed=46)  # needs the pixel tier (see above)
+    explanation = torch._dynamo.explain(equivit.polyphase_anchor)(x, 4)
+    assert explanation.graph_break_count == 0
+    compiled = torch.compile(equivit.polyphase_anchor, fullgraph=True, backend="aot_eager")
+    for images in (x, torch.roll(x, (126, 41), dims=(2, 3))):
+        y, offsets = compiled(images, 4)
+        y_eager, offsets_eager = equivit.polyphase_anchor(images, 4)
+        assert torch.equal(offsets, offsets_eager)
+        assert torch.equal(y, y_eager)
 
 
 @pytest.mark.slow

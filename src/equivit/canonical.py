@@ -13,8 +13,12 @@ import torch
 
 __all__ = ["cyclic_rotation_rank", "dense_rank"]
 
-_WINDOWS_PER_ROUND = 4
-_MAX_GRID_SIZE = 2**15  # keys of four ranks below this size fit in int64
+_INT64_LIMIT = 2**63
+
+
+def _windows_per_round(size: int) -> int:
+    """How many ranks one key can pack: the most (up to 4) whose product stays inside int64."""
+    return next((count for count in (4, 3, 2) if size**count < _INT64_LIMIT), 0)
 
 
 def dense_rank(keys: torch.Tensor) -> torch.Tensor:
@@ -46,7 +50,8 @@ def cyclic_rotation_rank(grid: torch.Tensor) -> torch.Tensor:
     compared element by element in row-major order. Two positions get the same rank exactly
     when the two rotated grids are equal. The ranks are computed by prefix doubling (as in
     suffix-array construction): first along rows, then along columns, each in
-    ``ceil(log4(n))`` rounds of one sort, so a ``16 x 16`` grid needs four sorts.
+    ``ceil(log4(n))`` rounds of one sort, so a ``16 x 16`` grid needs four sorts (base 3 or 2
+    above about 55,000 cells, where four ranks no longer pack into one int64 key).
 
     Args:
         grid: Values to compare (no NaN).
@@ -60,22 +65,25 @@ def cyclic_rotation_rank(grid: torch.Tensor) -> torch.Tensor:
     """
     if grid.dim() != 3:
         raise ValueError(f"cyclic_rotation_rank expects a (B, P, Q) grid, got shape {tuple(grid.shape)}")
-    if grid.shape[1] * grid.shape[2] >= _MAX_GRID_SIZE:
-        raise ValueError(
-            f"cyclic_rotation_rank supports grids of fewer than {_MAX_GRID_SIZE} cells, got {tuple(grid.shape)}"
-        )
     batch, rows, cols = grid.shape
     size = rows * cols
+    windows = _windows_per_round(size)
+    if windows == 0:
+        raise ValueError(
+            f"cyclic_rotation_rank supports grids of fewer than 2**31.5 cells (pairs of ranks must fit in "
+            f"int64), got {tuple(grid.shape)}"
+        )
     rank = dense_rank(grid.reshape(batch, size)).view(batch, rows, cols)
     # Along each row, then down the columns (a 2-D rotation is the sequence of row rotations
     # (i, j), (i + 1, j), ...): each round replaces the rank of a window of length `span` by the
-    # rank of the window of length 4 * span made of four consecutive ones.
+    # rank of the window of `windows` times that length made of consecutive ones (4 while the packed
+    # key fits in int64: up to about 55,000 cells, 224 x 224 included; then 3, then 2).
     for dim, length in ((2, cols), (1, rows)):
         span = 1
         while span < length:
             key = rank
-            for part in range(1, _WINDOWS_PER_ROUND):
+            for part in range(1, windows):
                 key = key * size + torch.roll(rank, shifts=-part * span, dims=dim)
             rank = dense_rank(key.reshape(batch, size)).view(batch, rows, cols)
-            span *= _WINDOWS_PER_ROUND
+            span *= windows
     return rank

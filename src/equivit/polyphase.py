@@ -19,16 +19,13 @@ Choosing the component:
    own position: the rotations of the grid are compared lexicographically (see
    :mod:`equivit.canonical`), which a shift of the input cannot change. Candidates still tied
    are ranked by the same comparison on a finer energy grid, of period ``m * stride`` up to 32
-   pixels per axis where the size allows, which sees how the components are arranged against
-   each other (it separates, for instance, stripes two pixels wide under stride 2).
-3. **What remains.** Candidates whose rotated coarse and fine energy grids are both identical
-   are tied for good; the first index is taken and exactness can be lost. Structure coarser
-   than the fine grid is invisible to it: stripes or checkerboard cells wider than half its
-   period, or two equal dots farther apart than it resolves, can stay tied (mirror images of
-   each other look the same to every energy). When the fine grid covers the whole image every
-   remaining tie is harmless: the tied candidates give the same image up to whole periods.
-   Exact ties need exactly equal energies, which real photographs practically never have;
-   :func:`unresolved_ties` reports them.
+   pixels per axis, and then on the full-resolution map of per-pixel statistics (L1 norm over
+   channels, channel mix), which sees structure of any size. Each tier runs only when the
+   previous one leaves the maximum tied.
+3. **What remains.** Candidates whose rotated pixel maps are identical are tied for good: the
+   map is periodic with a period that carries one onto the other, so both give the same map up
+   to whole periods and the tie is harmless; the first index is taken. :func:`unresolved_ties`
+   reports them.
 
 Exactness: a tie between candidates is only seen as a tie if their energies are summed without
 rounding, since the summation order follows the position in the image. Float64 accumulation is
@@ -39,6 +36,7 @@ stay far inside this; continuous features only tie by accident of symmetry.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -167,7 +165,7 @@ def polyphase_energy(
 
 
 def _channel_mix(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
-    """``|sum_c r_c x_c|`` per position, with fixed small-integer weights ``r`` (float64, exact).
+    """``sum_c r_c x_c`` per position, with fixed small-integer weights ``r`` (float64, exact).
 
     Tokens that are channel permutations of each other have the same L1 norm; this statistic
     tells most of them apart. The weights are nonzero integers from -4 to 4, so every product
@@ -186,44 +184,126 @@ def _channel_mix(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
         mixed = (x.detach().to(acc) * weights.to(acc)).sum(dim=-1)
     else:
         mixed = (x.detach().to(acc) * weights.to(acc)[:, None, None]).sum(dim=1)
-    return mixed.abs()[:, None]
+    return mixed[:, None]
 
 
-def _scores_from_energies(fine: torch.Tensor, coarse: torch.Tensor, mix: torch.Tensor) -> torch.Tensor:
-    """Scores from the coarse and fine energy grids and the fine channel-mix grid.
-
-    Candidates are ordered by their rotated coarse grid, then by the rotated fine grid whose
-    cells are (L1 energy, channel-mix energy) pairs, taking the best of each candidate's lifts.
+def _coarse_energy(x: torch.Tensor, stride: tuple[int, int], energy: Energy, channels_last: bool) -> torch.Tensor:
+    """Energies of the ``sh x sw`` candidates (the first tier of the choice).
 
     Shape:
-        - fine: :math:`(B, m_h s_h, m_w s_w)`
-        - coarse: :math:`(B, s_h, s_w)`
-        - mix: :math:`(B, m_h s_h, m_w s_w)`
         - output: :math:`(B, s_h, s_w)`
     """
-    coarse_rank = cyclic_rotation_rank(coarse)
-    batch, sh, sw = coarse.shape
-    mh, mw = fine.shape[1] // sh, fine.shape[2] // sw
-    cells = fine.shape[1] * fine.shape[2]
-    pair = dense_rank(fine.flatten(1)) * (cells + 1) + dense_rank(mix.flatten(1))
-    fine_rank = cyclic_rotation_rank(pair.view(fine.shape)).view(batch, mh, sh, mw, sw).amax(dim=(1, 3))
-    return coarse_rank * (cells + 1) + fine_rank
+    return polyphase_energy(x, stride, energy=energy, channels_last=channels_last)
 
 
-def _energy_grids(
-    x: torch.Tensor, stride: int | tuple[int, int], energy: Energy, channels_last: bool, name: str
-) -> tuple[torch.Tensor, torch.Tensor]:
-    sh, sw = normalize_stride(stride)
-    height, width = _check_input(x, (sh, sw), channels_last, name)
+def _fine_rank(x: torch.Tensor, stride: tuple[int, int], energy: Energy, channels_last: bool) -> torch.Tensor:
+    """Second tier: each candidate's rank on the finer grid of period ``m * stride`` (best of its lifts).
+
+    The fine grid's cells are (energy, channel-mix energy) pairs; every rotation of it is ranked
+    lexicographically and each candidate keeps the best rank among the ``m_h * m_w`` fine
+    positions that lie on its phase.
+
+    Shape:
+        - output: :math:`(B, s_h, s_w)`, int64 in ``[0, m_h s_h m_w s_w)``
+    """
+    (sh, sw), (height, width) = stride, _spatial_size(x, channels_last)
     mh, mw = fine_multiplier(height, sh), fine_multiplier(width, sw)
     fine = polyphase_energy(x, (mh * sh, mw * sw), energy=energy, channels_last=channels_last)
-    coarse = fine.view(fine.shape[0], mh, sh, mw, sw).sum(dim=(1, 3))
-    return fine, coarse
+    mix = polyphase_energy(_channel_mix(x, channels_last), (mh * sh, mw * sw), energy="l1")
+    cells = fine.shape[1] * fine.shape[2]
+    pair = dense_rank(fine.flatten(1)) * (cells + 1) + dense_rank(mix.flatten(1))
+    rank = cyclic_rotation_rank(pair.view(fine.shape))
+    return rank.view(fine.shape[0], mh, sh, mw, sw).amax(dim=(1, 3))
 
 
-def _mix_grid(x: torch.Tensor, fine: torch.Tensor, channels_last: bool) -> torch.Tensor:
-    """Channel-mix energies on the grid of ``fine`` (whose shape is the fine period)."""
-    return polyphase_energy(_channel_mix(x, channels_last), (fine.shape[1], fine.shape[2]), energy="l1")
+def _pixel_rank(x: torch.Tensor, stride: tuple[int, int], channels_last: bool) -> torch.Tensor:
+    """Third tier: each candidate's rank on the full-resolution map of per-pixel statistics.
+
+    Every pixel is described by (L1 norm over channels, channel mix); every rotation of that map
+    is ranked lexicographically, and each candidate keeps the best rank among the pixels on its
+    phase. Two candidates stay tied only when the map read from one is the map read from the
+    other, that is when the map is periodic with a period that carries one candidate onto the
+    other: the tie is then harmless (both choices give the same map up to whole periods).
+
+    Shape:
+        - output: :math:`(B, s_h, s_w)`, int64 in ``[0, H W)``
+    """
+    sh, sw = stride
+    batch = x.shape[0]
+    height, width = _spatial_size(x, channels_last)
+    acc = _accumulate_dtype(x)
+    l1 = torch.linalg.vector_norm(x.detach(), ord=1, dim=-1 if channels_last else 1, dtype=acc)
+    l1 = torch.nan_to_num(l1, nan=torch.inf).reshape(batch, -1)
+    mix = torch.nan_to_num(_channel_mix(x, channels_last), nan=torch.inf).reshape(batch, -1)
+    pixels = height * width
+    pair = dense_rank(l1) * (pixels + 1) + dense_rank(mix)
+    rank = cyclic_rotation_rank(pair.view(batch, height, width))
+    return rank.view(batch, height // sh, sh, width // sw, sw).amax(dim=(1, 3))
+
+
+def _spatial_size(x: torch.Tensor, channels_last: bool) -> tuple[int, int]:
+    return (x.shape[1], x.shape[2]) if channels_last else (x.shape[2], x.shape[3])
+
+
+def _top_is_unique(scores: torch.Tensor) -> torch.Tensor:
+    """Whether every sample's largest score is reached once (a 0-d bool tensor).
+
+    Shape:
+        - scores: :math:`(B, N)`
+    """
+    return ((scores == scores.amax(dim=1, keepdim=True)).sum(dim=1) == 1).all()
+
+
+def _branch(
+    predicate: torch.Tensor,
+    if_true: Callable[..., torch.Tensor],
+    if_false: Callable[..., torch.Tensor],
+    operands: tuple[torch.Tensor, ...],
+) -> torch.Tensor:
+    """``if_true(*operands)`` if ``predicate`` else ``if_false(*operands)``, traceable.
+
+    Under ``torch.compile`` this is a ``torch.cond`` (no graph break). In eager mode it reads the
+    predicate: free on the CPU, one wait for the device on an accelerator.
+    """
+    if torch.compiler.is_compiling():
+        return torch.cond(predicate, if_true, if_false, operands)
+    return if_true(*operands) if bool(predicate) else if_false(*operands)
+
+
+def _tiered_scores(
+    x: torch.Tensor, coarse: torch.Tensor, energy: Energy, channels_last: bool, *, lazy: bool
+) -> torch.Tensor:
+    """Scores from the three tiers: coarse energies, fine grid, full-resolution pixel map.
+
+    Lexicographic: a later tier only orders candidates that the earlier ones leave equal. With
+    ``lazy`` the pixel tier runs only when the top score is still tied after the fine tier, and
+    then only decides among the tied top candidates (the others get a lower score); the
+    maximum, and so the anchor, is the same either way.
+
+    Shape:
+        - coarse: :math:`(B, s_h, s_w)`
+        - output: :math:`(B, s_h, s_w)`, int64
+    """
+    batch, sh, sw = coarse.shape
+    height, width = _spatial_size(x, channels_last)
+    mh, mw = fine_multiplier(height, sh), fine_multiplier(width, sw)
+    fine_cells = mh * sh * mw * sw
+    first = cyclic_rotation_rank(coarse) * fine_cells + _fine_rank(x, (sh, sw), energy, channels_last)
+    if (mh * sh, mw * sw) == (height, width):
+        return first  # the fine grid is the pixel grid: nothing finer to look at
+    pixels = height * width
+    first = dense_rank(first.flatten(1)).view(batch, sh, sw)  # < sh * sw, so the product below fits
+
+    def refine(x: torch.Tensor, first: torch.Tensor) -> torch.Tensor:
+        return first * pixels + _pixel_rank(x, (sh, sw), channels_last)
+
+    if not lazy:
+        return refine(x, first)
+
+    def keep(x: torch.Tensor, first: torch.Tensor) -> torch.Tensor:
+        return first * pixels
+
+    return _branch(_top_is_unique(first.flatten(1)), keep, refine, (x, first))
 
 
 def anchor_scores(
@@ -235,10 +315,12 @@ def anchor_scores(
 ) -> torch.Tensor:
     """Score of every candidate phase; the anchor is the phase of highest score.
 
-    The score orders candidates first by their energy grid read from their own position
-    (coarse period = ``stride``), then by the finer grid of period ``m * stride``. It depends only
-    on content: shifting the input by ``(a, b)`` rolls the score grid by ``(a, b)`` modulo the
-    stride. Equal top scores are ties that content could not break.
+    Three tiers, each consulted only to order candidates that the previous ones leave equal:
+    the candidate's energy grid read from its own position (coarse period = ``stride``), the
+    finer grid of period ``m * stride`` (up to 32 pixels), and the full-resolution map of
+    per-pixel statistics. The score depends only on content: shifting the input by ``(a, b)``
+    rolls the score grid by ``(a, b)`` modulo the stride. Equal top scores are ties that content
+    cannot break; they are harmless (see :func:`unresolved_ties`).
 
     Args:
         x: Feature maps; ``H`` and ``W`` multiples of the stride.
@@ -253,42 +335,37 @@ def anchor_scores(
         - x: :math:`(B, C, H, W)`, or :math:`(B, H, W, C)` with ``channels_last=True``
         - output: :math:`(B, s_h, s_w)`
     """
-    fine, coarse = _energy_grids(x, stride, energy, channels_last, "anchor_scores")
-    return _scores_from_energies(fine, coarse, _mix_grid(x, fine, channels_last))
+    pair = normalize_stride(stride)
+    _check_input(x, pair, channels_last, "anchor_scores")
+    coarse = _coarse_energy(x, pair, energy, channels_last)
+    if x.shape[0] == 0:
+        return torch.zeros(coarse.shape, dtype=torch.int64, device=x.device)
+    return _tiered_scores(x, coarse, energy, channels_last, lazy=False)
 
 
-def _best_phase(x: torch.Tensor, fine: torch.Tensor, coarse: torch.Tensor, channels_last: bool) -> torch.Tensor:
-    """Flat index of the highest-scoring phase, computing the ranks only where needed.
+def _best_phase(x: torch.Tensor, coarse: torch.Tensor, energy: Energy, channels_last: bool) -> torch.Tensor:
+    """Flat index of the highest-scoring phase, computing the tie-break tiers only where needed.
 
     When every sample's largest coarse energy is unique, that phase also has the highest score
-    (the rotated grid read from it starts with the largest value), so the ranking can be
-    skipped. On the CPU the check is free and the ranking runs only for batches with a tie;
-    under ``torch.compile`` the choice is a ``torch.cond``; elsewhere (eager on an accelerator)
-    the ranking always runs, since the check would wait for the device.
+    (the rotated grid read from it starts with the largest value), so the ranking is skipped.
+    The decision is a :func:`_branch` (``torch.cond`` under ``torch.compile``).
 
     Shape:
         - x: :math:`(B, C, H, W)`, or :math:`(B, H, W, C)` with ``channels_last=True``
-        - fine: :math:`(B, m_h s_h, m_w s_w)`
         - coarse: :math:`(B, s_h, s_w)`
         - output: :math:`(B,)`
     """
     flat = coarse.flatten(1)
-
-    def plain(x: torch.Tensor, fine: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
+    if flat.shape[0] == 0 or flat.shape[1] == 1:
         return flat.argmax(dim=1)
 
-    def ranked(x: torch.Tensor, fine: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
-        mix = _mix_grid(x, fine, channels_last)
-        return _scores_from_energies(fine, flat.view(coarse.shape), mix).flatten(1).argmax(dim=1)
+    def plain(x: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
+        return flat.argmax(dim=1)
 
-    if flat.shape[0] == 0 or flat.shape[1] == 1:
-        return plain(x, fine, flat)
-    unique = ((flat == flat.amax(dim=1, keepdim=True)).sum(dim=1) == 1).all()
-    if torch.compiler.is_compiling():
-        return torch.cond(unique, plain, ranked, (x, fine, flat))
-    if flat.device.type == "cpu" and bool(unique):
-        return plain(x, fine, flat)
-    return ranked(x, fine, flat)
+    def ranked(x: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
+        return _tiered_scores(x, flat.view(coarse.shape), energy, channels_last, lazy=True).flatten(1).argmax(dim=1)
+
+    return _branch(_top_is_unique(flat), plain, ranked, (x, flat))
 
 
 def anchor_offsets(
@@ -313,10 +390,11 @@ def anchor_offsets(
         - x: :math:`(B, C, H, W)`, or :math:`(B, H, W, C)` with ``channels_last=True``
         - output: :math:`(B, 2)`
     """
-    fine, coarse = _energy_grids(x, stride, energy, channels_last, "anchor_offsets")
-    sw = coarse.shape[2]
-    best = _best_phase(x, fine, coarse, channels_last)
-    return torch.stack((torch.div(best, sw, rounding_mode="floor"), torch.remainder(best, sw)), dim=1)
+    pair = normalize_stride(stride)
+    _check_input(x, pair, channels_last, "anchor_offsets")
+    coarse = _coarse_energy(x, pair, energy, channels_last)
+    best = _best_phase(x, coarse, energy, channels_last)
+    return torch.stack((torch.div(best, pair[1], rounding_mode="floor"), torch.remainder(best, pair[1])), dim=1)
 
 
 def unresolved_ties(
@@ -326,11 +404,15 @@ def unresolved_ties(
     energy: Energy = "l1",
     channels_last: bool = False,
 ) -> torch.Tensor:
-    """Which samples have two or more candidate phases that content could not tell apart.
+    """Which samples have two or more candidate phases that content cannot tell apart.
 
-    For such a sample the anchor falls back to the first index, and the result may not be
-    exactly shift-consistent (unless the tied candidates happen to give the same image up to
-    whole periods, as for a constant image or a one-pixel checkerboard).
+    After all three tiers of :func:`anchor_scores`, two candidates are tied only when the map of
+    per-pixel statistics (L1 norm over channels, channel mix) read from one is the same map read
+    from the other: the map is periodic with a period that carries one candidate onto the other
+    (a constant image, stripes, a checkerboard, two equal dots exactly half the image apart).
+    Either choice then gives the same map up to whole periods, so the tie is harmless; it can
+    only do harm if two different pixel values share both statistics in exactly such a pattern.
+    The anchor takes the first tied index.
 
     Returns:
         Booleans, one per sample.

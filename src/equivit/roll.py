@@ -1,4 +1,4 @@
-"""Per-sample circular rolls by anchor offsets, as one gather.
+"""Per-sample circular rolls by anchor offsets, as one gather (one row copy per token when channels-last).
 
 Every sample of a batch has its own anchor, so the roll differs per sample. A Python loop over the
 batch (or ``.item()``) would be slow and would break ``torch.compile``; a gather with modular
@@ -41,9 +41,11 @@ def _check(x: torch.Tensor, offsets: torch.Tensor, channels_last: bool) -> None:
 def _roll(x: torch.Tensor, offsets: torch.Tensor, channels_last: bool, sign: int) -> torch.Tensor:
     _check(x, offsets, channels_last)
     if channels_last:
+        # Whole tokens move: one row copy per token (index_select), not one index per element.
         batch, height, width, channels = x.shape
-        index = _flat_index(offsets, height, width, sign)[:, :, None].expand(batch, height * width, channels)
-        return torch.gather(x.reshape(batch, height * width, channels), 1, index).view(x.shape)
+        index = _flat_index(offsets, height, width, sign)
+        index = (index + torch.arange(batch, device=index.device)[:, None] * (height * width)).reshape(-1)
+        return x.reshape(batch * height * width, channels).index_select(0, index).view(x.shape)
     batch, channels, height, width = x.shape
     index = _flat_index(offsets, height, width, sign)[:, None, :].expand(batch, channels, height * width)
     return torch.gather(x.reshape(batch, channels, height * width), 2, index).view(x.shape)
