@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """One command for each job, on a machine with only Python 3.10+ and pip.
 
-    python run.py demo     # set up .venv, install equivit, run the demo (stock timm vs anchored)
+    python run.py check    # set up .venv, install equivit, run `equivit check` (stock timm vs converted)
+    python run.py demo     # set up .venv, install equivit, show anchoring on the patch tokens of a ViT
     python run.py test     # set up .venv, install equivit with test extras, run ruff and pytest
     python run.py test --slow   # also the slow sweeps (inductor compiles, model sweeps)
     python run.py bench    # set up .venv, run the benchmarks in benchmarks/
@@ -46,10 +47,13 @@ def ensure_environment(extras: str) -> None:
 
 
 def main(argv: list[str]) -> None:
-    """Dispatch ``demo``, ``test`` or ``bench``."""
-    job = argv[0] if argv else "demo"
+    """Dispatch ``check``, ``demo``, ``test`` or ``bench``."""
+    job = argv[0] if argv else "check"
     rest = argv[1:]
-    if job == "demo":
+    if job == "check":
+        ensure_environment("photos")
+        run(PYTHON, "-m", "equivit.cli", "check", *rest)
+    elif job == "demo":
         ensure_environment("photos")
         run(PYTHON, "-m", "equivit.demo", *rest)
     elif job == "test":
@@ -61,7 +65,7 @@ def main(argv: list[str]) -> None:
         ensure_environment("test")
         run(PYTHON, "benchmarks/bench_anchor.py", *rest)
     else:
-        raise SystemExit(f"unknown job {job!r}: use demo, test or bench")
+        raise SystemExit(f"unknown job {job!r}: use check, demo, test or bench")
 
 
 if __name__ == "__main__":

@@ -18,26 +18,38 @@ import torch
 import equivit
 from timing import timed
 
-CASES: list[tuple[tuple[int, int, int, int], int]] = [
-    ((64, 3, 224, 224), 16),
-    ((64, 64, 56, 56), 7),
-    *[((64, 3, 224, 224), stride) for stride in (2, 4, 8)],
-    ((64, 3, 224, 224), 14),
+# (shape, stride, channels_last): images and feature maps (B, C, H, W), then Twins-like token maps (B, H, W, C).
+CASES: list[tuple[tuple[int, int, int, int], int, bool]] = [
+    ((64, 3, 224, 224), 16, False),
+    ((64, 64, 56, 56), 7, False),
+    *[((64, 3, 224, 224), stride, False) for stride in (2, 4, 8)],
+    ((64, 3, 224, 224), 14, False),
+    ((64, 56, 56, 64), 7, True),
+    ((64, 28, 28, 128), 4, True),
 ]
 
 
 def measure(
-    shape: tuple[int, int, int, int], stride: int, device: torch.device, dtype: torch.dtype, repeats: int
+    shape: tuple[int, int, int, int],
+    stride: int,
+    channels_last: bool,
+    device: torch.device,
+    dtype: torch.dtype,
+    repeats: int,
 ) -> tuple[float, float]:
     """Median milliseconds of clone and of polyphase_anchor, interleaved."""
     x = torch.randn(shape, device=device, dtype=dtype)
+
+    def anchor() -> object:
+        return equivit.polyphase_anchor(x, stride, channels_last=channels_last)
+
     clone_times, anchor_times = [], []
     for _ in range(3):  # warm-up
         x.clone()
-        equivit.polyphase_anchor(x, stride)
+        anchor()
     for _ in range(repeats):
         clone_times.append(timed(x.clone, device))
-        anchor_times.append(timed(lambda: equivit.polyphase_anchor(x, stride), device))
+        anchor_times.append(timed(anchor, device))
     return statistics.median(clone_times), statistics.median(anchor_times)
 
 
@@ -57,11 +69,15 @@ def main() -> None:
     )
     print(f"device: {device.type} ({name}); torch {torch.__version__}; dtype {args.dtype}; median of {args.repeats}")
     print()
-    print("| input (B, C, H, W) | stride | clone ms | anchor ms | anchor / clone |")
-    print("|---|---|---|---|---|")
-    for shape, stride in CASES:
-        clone_ms, anchor_ms = measure(shape, stride, device, dtype, args.repeats)
-        print(f"| {shape} | {stride} | {clone_ms:.2f} | {anchor_ms:.2f} | {anchor_ms / clone_ms:.2f}x |", flush=True)
+    print("| input | layout | stride | clone ms | anchor ms | anchor / clone |")
+    print("|---|---|---|---|---|---|")
+    for shape, stride, channels_last in CASES:
+        clone_ms, anchor_ms = measure(shape, stride, channels_last, device, dtype, args.repeats)
+        layout = "(B, H, W, C)" if channels_last else "(B, C, H, W)"
+        print(
+            f"| {shape} | {layout} | {stride} | {clone_ms:.2f} | {anchor_ms:.2f} | {anchor_ms / clone_ms:.2f}x |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

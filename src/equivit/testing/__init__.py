@@ -1,6 +1,9 @@
 """Helpers for property-testing shift equivariance.
 
 - :func:`shift_consistency`: how often a classifier keeps its top-1 under random circular shifts.
+- :func:`crop_consistency`: the same under crop shifts (two crops of a larger image), which bring
+  new content in at the border and so are not exactly invariant for any model.
+- :func:`assert_shift_invariant`, :func:`assert_shift_equivariant`: assertions for your own tests.
 - :func:`perturb_weights_`: give a fresh model trained-looking norms and embeddings.
 - :func:`load_photos`: real photographs from scikit-image.
 - ``equivit.testing.families`` builds synthetic image families (no extra dependency);
@@ -9,7 +12,8 @@
 
 from __future__ import annotations
 
-from equivit.testing.consistency import ShiftConsistency, random_shifts, shift_consistency
+from equivit.testing.assertions import assert_shift_equivariant, assert_shift_invariant, find_rolls
+from equivit.testing.consistency import ShiftConsistency, crop_consistency, random_shifts, shift_consistency
 from equivit.testing.families import FAMILIES, make_images
 from equivit.testing.photos import PHOTOS, load_photos
 from equivit.testing.weights import perturb_weights_
@@ -18,6 +22,10 @@ __all__ = [
     "FAMILIES",
     "PHOTOS",
     "ShiftConsistency",
+    "assert_shift_equivariant",
+    "assert_shift_invariant",
+    "crop_consistency",
+    "find_rolls",
     "load_photos",
     "make_images",
     "perturb_weights_",

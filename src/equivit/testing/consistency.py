@@ -9,7 +9,7 @@ from torch import nn
 
 from equivit.roll import roll_from_anchor
 
-__all__ = ["ShiftConsistency", "random_shifts", "shift_consistency"]
+__all__ = ["ShiftConsistency", "crop_consistency", "random_shifts", "shift_consistency"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,4 +117,67 @@ def shift_consistency(
         consistent += int((logits.argmax(dim=1) == reference.argmax(dim=1)).sum())
         total += images.shape[0]
         largest = max(largest, float((logits - reference).abs().max()) if logits.numel() else 0.0)
+    return ShiftConsistency(consistent, total, largest)
+
+
+@torch.no_grad()
+def crop_consistency(
+    model: nn.Module,
+    images: torch.Tensor,
+    size: tuple[int, int],
+    *,
+    crops_per_image: int = 1,
+    seed: int = 0,
+) -> ShiftConsistency:
+    """Top-1 consistency under crop shifts: two random crops of the same larger image.
+
+    The protocol of Chaman & Dokmanic (2021) and Ding et al. (2023): for each image, two crops of
+    ``size`` at independent random positions are classified, and the pair counts as consistent
+    when the top-1 classes agree. Unlike a circular shift, a crop shift brings new content in at
+    the border, so no model is exactly invariant to it; circular-shift equivariance still helps.
+
+    Args:
+        model: A classifier returning logits ``(B, K)``.
+        images: Larger images to crop from.
+        size: ``(h, w)`` of the crops, at most the images' size.
+        crops_per_image: Pairs of crops per image.
+        seed: Seed of the crop positions.
+
+    Returns:
+        Counts, and the largest logit change between the two crops of a pair.
+
+    Raises:
+        ValueError: If the crops are larger than the images.
+
+    Shape:
+        - images: :math:`(B, C, H, W)`
+    """
+    height, width = images.shape[-2:]
+    crop_h, crop_w = size
+    if crop_h > height or crop_w > width or crop_h < 1 or crop_w < 1:
+        raise ValueError(
+            f"crop size {crop_h} x {crop_w} must be positive and fit inside the images ({height} x {width})"
+        )
+    generator = torch.Generator().manual_seed(seed)
+    consistent, total, largest = 0, 0, 0.0
+    rows, cols = torch.arange(crop_h, device=images.device), torch.arange(crop_w, device=images.device)
+    batch = torch.arange(images.shape[0], device=images.device)[:, None, None]
+
+    def crop(tops: torch.Tensor, lefts: torch.Tensor) -> torch.Tensor:
+        index_h = (tops.to(images.device)[:, None] + rows)[:, :, None]
+        index_w = (lefts.to(images.device)[:, None] + cols)[:, None, :]
+        return images.permute(0, 2, 3, 1)[batch, index_h, index_w].permute(0, 3, 1, 2)
+
+    for _ in range(crops_per_image):
+        corners = [
+            (
+                torch.randint(0, height - crop_h + 1, (images.shape[0],), generator=generator),
+                torch.randint(0, width - crop_w + 1, (images.shape[0],), generator=generator),
+            )
+            for _ in range(2)
+        ]
+        first, second = (model(crop(*corner)) for corner in corners)
+        consistent += int((first.argmax(dim=1) == second.argmax(dim=1)).sum())
+        total += images.shape[0]
+        largest = max(largest, float((first - second).abs().max()) if first.numel() else 0.0)
     return ShiftConsistency(consistent, total, largest)

@@ -1,0 +1,276 @@
+"""The ``equivit`` command: ``equivit check MODEL`` compares a stock timm model with its conversion.
+
+    equivit check                                   # a ViT and a Twins on real photos
+    equivit check twins_svt_small --img-size 224 448
+    equivit check vit_small_patch16_224 --checkpoint vit_small.safetensors
+    equivit check --list
+
+For every model it prints, for the stock and the converted model: the share of images whose top-1
+class survives random circular shifts, the same for crop shifts (two crops of a larger photo), the
+largest logit change under the circular shifts, and the converted model's forward throughput
+relative to the stock one. The exit status is 0 when every converted model kept every top-1
+class under circular shifts, 1 when one did not, 2 on a usage error or an unsupported model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+__all__ = ["main"]
+
+DEFAULT_MODELS = ("vit_tiny_patch16_224", "twins_svt_small")
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckRow:
+    """What ``equivit check`` measured for one model (stock or converted)."""
+
+    model: str
+    variant: str
+    circular: str
+    crop: str
+    max_logit_change: float
+    speed: str
+    consistent: bool
+
+
+def _progress(steps: Sequence[str], enabled: bool) -> Iterator[str]:
+    """Yield the step names, with a progress bar on a terminal (tqdm) when enabled."""
+    if enabled:
+        try:
+            from tqdm.auto import tqdm
+        except ImportError:  # pragma: no cover - tqdm comes with timm's dependencies
+            pass
+        else:
+            bar = tqdm(steps, leave=False, file=sys.stderr)
+            for step in bar:
+                bar.set_description(step)
+                yield step
+            return
+    yield from steps
+
+
+def _median_ms(function: Callable[[], object], device: torch.device, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        function()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def _throughput_ratio(
+    stock: nn.Module, converted: nn.Module, size: tuple[int, int], batch: int, repeats: int, device: torch.device
+) -> float:
+    """Converted / stock forward throughput, interleaved runs, medians (1.0 = as fast as stock)."""
+    images = torch.randn(batch, 3, *size, device=device)
+    times: list[list[float]] = [[], []]
+    with torch.no_grad():
+        for model in (stock, converted):
+            model(images)  # warm-up
+        for _ in range(repeats):
+            for kept, model in zip(times, (stock, converted), strict=True):
+                kept.append(_median_ms(lambda model=model: model(images), device, 1))
+    return statistics.median(times[0]) / statistics.median(times[1])
+
+
+def _build(
+    name: str, checkpoint: str | None, size: tuple[int, int], device: torch.device
+) -> tuple[nn.Module, nn.Module]:
+    """The stock model (weights from ``checkpoint`` if given, loaded with ``weights_only``) and its conversion."""
+    import timm
+
+    import equivit
+
+    try:  # ViT, DeiT and Twins take the image size; other families are refused by convert anyway
+        stock = timm.create_model(name, pretrained=False, checkpoint_path=checkpoint or "", img_size=size)
+    except TypeError:
+        stock = timm.create_model(name, pretrained=False, checkpoint_path=checkpoint or "")
+    stock = stock.to(device).eval()
+    return stock, equivit.convert(stock).eval()
+
+
+def check_model(
+    name: str,
+    *,
+    size: tuple[int, int],
+    shifts: int,
+    max_shift: int | None,
+    crop_margin: int,
+    seed: int,
+    batch: int,
+    repeats: int,
+    device: torch.device,
+    checkpoint: str | None,
+    progress: bool,
+) -> list[CheckRow]:
+    """Measure one model, stock and converted, on the scikit-image photos.
+
+    Raises:
+        equivit.UnsupportedModelError: If the model cannot be converted.
+        RuntimeError: If timm does not know the model.
+    """
+    from equivit.testing import crop_consistency, load_photos, shift_consistency
+
+    steps = ["build", "circular shifts", "crop shifts", "speed"]
+    rows: dict[str, dict[str, object]] = {"stock": {}, "equivit": {}}
+    models: dict[str, nn.Module] = {}
+    for step in _progress([f"{name}: {step}" for step in steps], progress):
+        if step.endswith("build"):
+            torch.manual_seed(seed)
+            models["stock"], models["equivit"] = _build(name, checkpoint, size, device)
+            photos = load_photos(size).to(device)
+            larger = load_photos((size[0] + crop_margin, size[1] + crop_margin)).to(device)
+        elif step.endswith("circular shifts"):
+            for variant, model in models.items():
+                result = shift_consistency(model, photos, shifts_per_image=shifts, max_shift=max_shift, seed=seed)
+                rows[variant]["circular"] = result
+        elif step.endswith("crop shifts"):
+            for variant, model in models.items():
+                rows[variant]["crop"] = crop_consistency(model, larger, size, crops_per_image=shifts, seed=seed)
+        else:
+            ratio = _throughput_ratio(models["stock"], models["equivit"], size, batch, repeats, device)
+            rows["stock"]["speed"], rows["equivit"]["speed"] = "1.00", f"{ratio:.2f}"
+    return [
+        CheckRow(
+            model=name,
+            variant=variant,
+            circular=_fraction(values["circular"]),
+            crop=_fraction(values["crop"]),
+            max_logit_change=values["circular"].max_logit_change,  # type: ignore[attr-defined]
+            speed=str(values["speed"]),
+            consistent=values["circular"].fraction == 1.0,  # type: ignore[attr-defined]
+        )
+        for variant, values in rows.items()
+    ]
+
+
+def _fraction(result: object) -> str:
+    return f"{result.consistent}/{result.total} ({100 * result.fraction:.1f} %)"  # type: ignore[attr-defined]
+
+
+def format_table(rows: Sequence[CheckRow]) -> str:
+    """The rows as an aligned text table."""
+    header = ("model", "variant", "circular shift", "crop shift", "max logit change", "speed vs stock")
+    cells = [header] + [
+        (row.model, row.variant, row.circular, row.crop, f"{row.max_logit_change:.2g}", row.speed) for row in rows
+    ]
+    widths = [max(len(line[column]) for line in cells) for column in range(len(header))]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)) for line in cells]
+    lines.insert(1, "  ".join("-" * width for width in widths))
+    return "\n".join(lines)
+
+
+def _list_supported() -> str:
+    import timm
+
+    import equivit
+
+    lines = ["Supported model classes (equivit.SUPPORTED):"]
+    lines += [f"  {name}: {what}" for name, what in equivit.SUPPORTED.items()]
+    lines.append("")
+    lines.append("Some timm names of each family:")
+    for pattern in ("vit_*patch16*", "deit*", "twins_*"):
+        names = timm.list_models(pattern)
+        lines.append(f"  {pattern}: {', '.join(names[:8])}{', ...' if len(names) > 8 else ''} ({len(names)} in all)")
+    return "\n".join(lines)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="equivit", description="Exactly shift-equivariant timm models.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    check = commands.add_parser(
+        "check",
+        help="compare a stock timm model with its conversion on real photos",
+        description=(__doc__ or "").split("\n\n")[2].replace("\n", " "),
+    )
+    check.add_argument("models", nargs="*", metavar="MODEL", help=f"timm model names (default: {DEFAULT_MODELS})")
+    check.add_argument("--list", action="store_true", help="list the supported model families and exit")
+    check.add_argument("--img-size", type=int, nargs="+", default=[224], metavar="PX", help="H, or H W (default 224)")
+    check.add_argument("--shifts", type=int, default=2, help="shifted copies (and crop pairs) per image (default 2)")
+    check.add_argument("--max-shift", type=int, default=None, help="largest circular shift per axis (default: any)")
+    check.add_argument("--crop-margin", type=int, default=32, help="crops are taken from photos this much larger")
+    check.add_argument("--batch", type=int, default=16, help="batch size of the speed measurement (default 16)")
+    check.add_argument("--repeats", type=int, default=5, help="timed forward passes per model (default 5)")
+    check.add_argument("--seed", type=int, default=0, help="seed of the weights, shifts and crops (default 0)")
+    check.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    check.add_argument("--checkpoint", default=None, help="local stock timm checkpoint (.pth, .safetensors)")
+    check.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    args = _parser().parse_args(argv)
+    import equivit
+    from equivit.testing import PHOTOS
+
+    if args.list:
+        print(_list_supported())
+        return 0
+    if len(args.img_size) not in (1, 2):
+        print("equivit check: --img-size takes H or H W", file=sys.stderr)
+        return 2
+    size = (args.img_size[0], args.img_size[-1])
+    names = args.models or list(DEFAULT_MODELS)
+    if args.checkpoint and len(names) != 1:
+        print("equivit check: --checkpoint needs exactly one MODEL", file=sys.stderr)
+        return 2
+    if args.checkpoint and not Path(args.checkpoint).is_file():
+        print(f"equivit check: checkpoint file not found: {args.checkpoint}", file=sys.stderr)
+        return 2
+    print(
+        f"equivit {equivit.__version__}: stock timm vs converted, {len(PHOTOS)} scikit-image photos "
+        f"at {size[0]} x {size[1]}, {args.shifts} random shifts per image, seed {args.seed}, device {args.device}",
+        flush=True,
+    )
+    rows: list[CheckRow] = []
+    status = 0
+    for name in names:
+        try:
+            rows += check_model(
+                name,
+                size=size,
+                shifts=args.shifts,
+                max_shift=args.max_shift,
+                crop_margin=args.crop_margin,
+                seed=args.seed,
+                batch=args.batch,
+                repeats=args.repeats,
+                device=torch.device(args.device),
+                checkpoint=args.checkpoint,
+                progress=not args.no_progress,
+            )
+        except equivit.UnsupportedModelError as error:
+            print(f"equivit check: {name}: {error}", file=sys.stderr)
+            status = 2
+        except (RuntimeError, ValueError, OSError) as error:
+            print(f"equivit check: {name}: {error or type(error).__name__}", file=sys.stderr)
+            status = 2
+    if rows:
+        print()
+        print(format_table(rows))
+        print()
+        print("circular shift: images whose top-1 class is unchanged under random circular shifts (exact for equivit)")
+        print("crop shift: pairs of crops of a larger photo with the same top-1 (new content enters at the border)")
+        print("speed vs stock: converted / stock forward throughput (1.00 = as fast as stock)")
+    if any(row.variant == "equivit" and not row.consistent for row in rows):
+        status = max(status, 1)
+    return status
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

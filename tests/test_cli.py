@@ -1,0 +1,52 @@
+"""The ``equivit check`` command."""
+
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+
+from equivit.cli import main
+
+SMALL = ["--img-size", "64", "--shifts", "1", "--repeats", "1", "--batch", "2", "--no-progress"]
+
+
+def test_list(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check", "--list"]) == 0
+    out = capsys.readouterr().out
+    assert "VisionTransformer" in out
+    assert "twins_svt_small" in out
+
+
+def test_check_prints_stock_and_converted(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check", "vit_tiny_patch16_224", *SMALL]) == 0
+    out = capsys.readouterr().out
+    lines = [line for line in out.splitlines() if line.startswith("vit_tiny_patch16_224")]
+    assert [line.split()[1] for line in lines] == ["stock", "equivit"]
+    assert "16/16 (100.0 %)" in lines[1]  # the converted model keeps every top-1 class
+    for header in ("circular shift", "crop shift", "max logit change", "speed vs stock"):
+        assert header in out
+
+
+def test_check_loads_a_local_checkpoint(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    torch.manual_seed(1)
+    stock = timm.create_model("vit_tiny_patch16_224", img_size=64)
+    path = tmp_path / "vit_tiny.pth"
+    torch.save(stock.state_dict(), path)
+    assert main(["check", "vit_tiny_patch16_224", "--checkpoint", str(path), *SMALL]) == 0
+    assert "equivit" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["check", "resnet18"], "cannot convert a ResNet"),
+        (["check", "no_such_model_anywhere"], "no_such_model_anywhere"),
+        (["check", "vit_tiny_patch16_224", "twins_svt_small", "--checkpoint", "x.pth"], "exactly one MODEL"),
+        (["check", "--img-size", "1", "2", "3"], "H or H W"),
+        (["check", "vit_tiny_patch16_224", "--checkpoint", "/no/such/file.pth"], "no/such/file"),
+    ],
+)
+def test_errors_exit_2(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([*argv, "--no-progress"]) == 2
+    assert message in capsys.readouterr().err
