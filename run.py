@@ -6,6 +6,7 @@
     python run.py test     # set up .venv, install equivit with test extras, run ruff and pytest
     python run.py test --slow   # also the slow sweeps (inductor compiles, model sweeps)
     python run.py bench    # set up .venv, run the benchmarks in benchmarks/
+    python run.py docs     # set up .venv, build the documentation site (mkdocs build --strict) into site/
 
 The virtual environment lives in .venv next to this file; it is created on first use and
 updated whenever pyproject.toml changes.
@@ -47,7 +48,7 @@ def ensure_environment(extras: str) -> None:
 
 
 def main(argv: list[str]) -> None:
-    """Dispatch ``check``, ``demo``, ``test`` or ``bench``."""
+    """Dispatch ``check``, ``demo``, ``test``, ``bench`` or ``docs``."""
     job = argv[0] if argv else "check"
     rest = argv[1:]
     if job == "check":
@@ -61,11 +62,15 @@ def main(argv: list[str]) -> None:
         run(PYTHON, "-m", "ruff", "check", "src", "tests", "benchmarks", "run.py")
         slow = ["-m", "slow or not slow"] if "--slow" in rest else []
         run(PYTHON, "-m", "pytest", "-q", *slow, *[arg for arg in rest if arg != "--slow"])
+    elif job == "docs":
+        ensure_environment("docs")
+        os.environ.setdefault("NO_MKDOCS_2_WARNING", "1")
+        run(PYTHON, "-m", "mkdocs", "build", "--strict", *rest)
     elif job == "bench":
         ensure_environment("test")
         run(PYTHON, "benchmarks/bench_anchor.py", *rest)
     else:
-        raise SystemExit(f"unknown job {job!r}: use check, demo, test or bench")
+        raise SystemExit(f"unknown job {job!r}: use check, demo, test, bench or docs")
 
 
 if __name__ == "__main__":

@@ -123,3 +123,32 @@ def test_compiles_without_graph_breaks(layer: str) -> None:
     assert torch._dynamo.explain(module)(x, (4, 4)).graph_break_count == 0
     compiled = torch.compile(module, fullgraph=True, backend="aot_eager")
     assert torch.allclose(compiled(x, (4, 4)), module(x, (4, 4)), atol=1e-5, rtol=0)
+
+
+def test_window_order_indices_match_roll_and_partition() -> None:
+    from equivit.layers.window_attention import window_order_indices
+
+    batch, height, width, ws = 3, 6, 9, 3
+    grid = torch.randn(batch, height, width, 2)
+    offsets = torch.tensor([[0, 0], [1, 2], [2, 1]])
+    gather, scatter = window_order_indices(offsets, (height, width), ws)
+    rolled = torch.stack([torch.roll(grid[b], (-int(o[0]), -int(o[1])), dims=(0, 1)) for b, o in enumerate(offsets)])
+    expected = rolled.reshape(batch, height // ws, ws, width // ws, ws, 2).transpose(2, 3).reshape(-1, 2)
+    assert torch.equal(grid.reshape(-1, 2).index_select(0, gather), expected)
+    assert torch.equal(expected.index_select(0, scatter), grid.reshape(-1, 2))
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_anchored_window_attention_is_timm_attention_on_the_anchored_grid(fused: bool) -> None:
+    """Same numbers as timm's module run on the grid rolled to the anchor, then rolled back."""
+    stock = perturb_weights_(LocallyGroupedAttn(DIM, num_heads=2, ws=3)).eval()
+    stock.fused_attn = fused
+    anchored = AnchoredLocallyGroupedAttn.from_timm(stock)
+    anchored.fused_attn = fused
+    x = _tokens("random", 6, 9, seed=3)
+    grid = x.reshape(2, 6, 9, DIM)
+    rolled, offsets = equivit.polyphase_anchor(grid, 3, channels_last=True)
+    expected = equivit.roll_from_anchor(
+        stock(rolled.reshape(x.shape), (6, 9)).reshape(grid.shape), offsets, channels_last=True
+    )
+    torch.testing.assert_close(anchored(x, (6, 9)), expected.reshape(x.shape), rtol=1e-5, atol=1e-6)

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from timm.models.twins import LocallyGroupedAttn
 
 from equivit.layers.sharing import take_over
-from equivit.polyphase import Energy, polyphase_anchor
-from equivit.roll import roll_from_anchor
+from equivit.polyphase import Energy, anchor_offsets
 
-__all__ = ["AnchoredLocallyGroupedAttn"]
+__all__ = ["AnchoredLocallyGroupedAttn", "window_order_indices"]
 
 
 class AnchoredLocallyGroupedAttn(LocallyGroupedAttn):
@@ -101,10 +101,73 @@ class AnchoredLocallyGroupedAttn(LocallyGroupedAttn):
             )
         if height == self.ws and width == self.ws:  # one window: attention over a set of tokens
             return super().forward(x, size)
-        grid, offsets = polyphase_anchor(
+        offsets = anchor_offsets(
             x.reshape(batch, height, width, channels), self.ws, energy=self.energy, channels_last=True
         )
-        out = super().forward(grid.reshape(batch, tokens, channels), size)
-        return roll_from_anchor(out.view(batch, height, width, channels), offsets, channels_last=True).view(
-            batch, tokens, channels
-        )
+        # One row copy takes the tokens from the anchored grid straight into window order, and one
+        # takes them back: the same number of passes as timm's padding and window transposes.
+        gather, scatter = window_order_indices(offsets, (height, width), self.ws)
+        windows = x.reshape(batch * tokens, channels).index_select(0, gather)
+        out = self._attend(windows.view(batch, -1, self.ws * self.ws, channels))
+        out = self.proj(out.reshape(batch * tokens, channels)).index_select(0, scatter)
+        return self.proj_drop(out.view(batch, tokens, channels))
+
+    def _attend(self, windows: torch.Tensor) -> torch.Tensor:
+        """Multi-head self-attention inside each window (timm's computation, fused or not).
+
+        Shape:
+            - windows: :math:`(B, N_w, w^2, C)`
+            - output: :math:`(B, N_w, w^2, C)`
+        """
+        batch, count, length, channels = windows.shape
+        heads = self.num_heads
+        qkv = self.qkv(windows).reshape(batch, count, length, 3, heads, channels // heads).permute(3, 0, 1, 4, 2, 5)
+        q, k, v = qkv.unbind(0)
+        if self.fused_attn:
+            out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop.p if self.training else 0.0)
+        else:
+            attn = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
+            out = self.attn_drop(attn) @ v
+        return out.transpose(2, 3).reshape(batch, count, length, channels)
+
+
+def window_order_indices(
+    offsets: torch.Tensor, size: tuple[int, int], window: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""Row indices that roll each sample's token grid to its anchor and cut it into windows, and back.
+
+    ``tokens.reshape(B * H * W, C).index_select(0, gather)`` lists, for every sample, the windows of
+    the grid rolled by ``-offsets`` in row-major window order, the tokens of each window in
+    row-major order (timm's window partition). ``index_select(0, scatter)`` on rows in that order
+    restores the original grid: ``scatter`` is the inverse permutation of ``gather``.
+
+    Args:
+        offsets: Per-sample anchors ``(i, j)``, int64.
+        size: The grid ``(H, W)``, multiples of ``window``.
+        window: The window size.
+
+    Returns:
+        ``(gather, scatter)``, int64 indices into the ``B * H * W`` rows.
+
+    Shape:
+        - offsets: :math:`(B, 2)`
+        - gather, scatter: :math:`(B H W,)`
+    """
+    height, width = size
+    device = offsets.device
+    batch = offsets.shape[0]
+    base = torch.arange(batch, device=device)[:, None, None] * (height * width)
+    # gather: window (a, c), position (u, v) reads row (a * w + u + i) mod H, column (c * w + v + j) mod W
+    rows = torch.remainder(torch.arange(height, device=device) + offsets[:, :1], height)
+    cols = torch.remainder(torch.arange(width, device=device) + offsets[:, 1:], width)
+    rows = rows.view(batch, height // window, 1, window, 1)
+    cols = cols.view(batch, 1, width // window, 1, window)
+    gather = (rows * width + cols).reshape(batch, -1, 1) + base
+    # scatter: grid cell (r, s) sits at window-order position of ((r - i) mod H, (s - j) mod W)
+    back_rows = torch.remainder(torch.arange(height, device=device) - offsets[:, :1], height)
+    back_cols = torch.remainder(torch.arange(width, device=device) - offsets[:, 1:], width)
+    windows_per_row = width // window
+    row_part = (back_rows // window * windows_per_row) * window * window + back_rows % window * window
+    col_part = back_cols // window * window * window + back_cols % window
+    scatter = (row_part[:, :, None] + col_part[:, None, :]).reshape(batch, -1, 1) + base
+    return gather.reshape(-1), scatter.reshape(-1)
