@@ -67,7 +67,7 @@ def main(argv: list[str]) -> None:
         os.environ.setdefault("NO_MKDOCS_2_WARNING", "1")
         run(PYTHON, "-m", "mkdocs", "build", "--strict", *rest)
     elif job == "bench":
-        ensure_environment("test")
+        ensure_environment("test,bench")
         run(PYTHON, "benchmarks/bench_anchor.py", *rest)
     else:
         raise SystemExit(f"unknown job {job!r}: use check, demo, test, bench or docs")
