@@ -16,7 +16,7 @@ import statistics
 import torch
 
 import equivit
-from timing import timed
+from equivit.timing import timed
 
 # (shape, stride, channels_last): images and feature maps (B, C, H, W), then Twins-like token maps (B, H, W, C).
 CASES: list[tuple[tuple[int, int, int, int], int, bool]] = [

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 import equivit
-from timing import timed
+from equivit.timing import timed
 
 MODELS = ("vit_small_patch16_224", "deit_small_patch16_224", "twins_svt_small", "twins_pcpvt_small")
 

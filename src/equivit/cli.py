@@ -18,12 +18,13 @@ import argparse
 import dataclasses
 import statistics
 import sys
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from equivit.timing import timed
 
 __all__ = ["main"]
 
@@ -59,19 +60,6 @@ def _progress(steps: Sequence[str], enabled: bool) -> Iterator[str]:
     yield from steps
 
 
-def _median_ms(function: Callable[[], object], device: torch.device, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        function()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
-
-
 def _throughput_ratio(
     stock: nn.Module, converted: nn.Module, size: tuple[int, int], batch: int, repeats: int, device: torch.device
 ) -> float:
@@ -83,7 +71,7 @@ def _throughput_ratio(
             model(images)  # warm-up
         for _ in range(repeats):
             for kept, model in zip(times, (stock, converted), strict=True):
-                kept.append(_median_ms(lambda model=model: model(images), device, 1))
+                kept.append(timed(lambda model=model: model(images), device))
     return statistics.median(times[0]) / statistics.median(times[1])
 
 

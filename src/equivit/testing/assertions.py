@@ -7,7 +7,7 @@ from torch import nn
 
 from equivit.polyphase import normalize_stride
 from equivit.roll import roll_from_anchor
-from equivit.testing.consistency import ShiftConsistency, random_shifts
+from equivit.testing.consistency import ShiftConsistency, random_shifts, shifted_logits
 
 __all__ = ["assert_shift_equivariant", "assert_shift_invariant", "find_rolls"]
 
@@ -60,15 +60,9 @@ def assert_shift_invariant(
     reference = model(images)
     tolerance = _tolerance(reference, rtol, atol)
     consistent, total, largest, failures = 0, 0, 0.0, []
-    for round_index in range(shifts_per_image):
-        shifts = random_shifts(
-            images.shape[0],
-            tuple(images.shape[-2:]),
-            max_shift=max_shift,
-            seed=seed + round_index,
-            device=images.device,
-        )
-        logits = model(roll_from_anchor(images, shifts))
+    for shifts, logits in shifted_logits(
+        model, images, shifts_per_image=shifts_per_image, max_shift=max_shift, seed=seed
+    ):
         same_class = logits.argmax(dim=1) == reference.argmax(dim=1)
         change = (logits - reference).abs().flatten(1).amax(dim=1) if logits.numel() else torch.zeros(len(logits))
         consistent += int(same_class.sum())

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
 
 import torch
 from torch import nn
 
 from equivit.roll import roll_from_anchor
 
-__all__ = ["ShiftConsistency", "crop_consistency", "random_shifts", "shift_consistency"]
+__all__ = ["ShiftConsistency", "crop_consistency", "random_shifts", "shift_consistency", "shifted_logits"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,6 +76,25 @@ def random_shifts(
     return shifts.to(device)
 
 
+def shifted_logits(
+    model: nn.Module, images: torch.Tensor, *, shifts_per_image: int, max_shift: int | None, seed: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """For each round, every image circularly shifted by its own random shift: ``(shifts, logits)``.
+
+    Round ``k`` uses ``random_shifts(..., seed=seed + k)``.
+
+    Shape:
+        - images: :math:`(B, C, H, W)`
+        - shifts: :math:`(B, 2)`; logits: :math:`(B, K)`
+    """
+    size = (images.shape[-2], images.shape[-1])
+    for round_index in range(shifts_per_image):
+        shifts = random_shifts(
+            images.shape[0], size, max_shift=max_shift, seed=seed + round_index, device=images.device
+        )
+        yield shifts, model(roll_from_anchor(images, shifts))
+
+
 @torch.no_grad()
 def shift_consistency(
     model: nn.Module,
@@ -105,15 +125,7 @@ def shift_consistency(
     """
     reference = model(images)
     consistent, total, largest = 0, 0, 0.0
-    for round_index in range(shifts_per_image):
-        shifts = random_shifts(
-            images.shape[0],
-            tuple(images.shape[-2:]),
-            max_shift=max_shift,
-            seed=seed + round_index,
-            device=images.device,
-        )
-        logits = model(roll_from_anchor(images, shifts))
+    for _, logits in shifted_logits(model, images, shifts_per_image=shifts_per_image, max_shift=max_shift, seed=seed):
         consistent += int((logits.argmax(dim=1) == reference.argmax(dim=1)).sum())
         total += images.shape[0]
         largest = max(largest, float((logits - reference).abs().max()) if logits.numel() else 0.0)

@@ -1,4 +1,4 @@
-"""Wall-clock timing shared by the benchmark scripts."""
+"""Wall-clock timing shared by ``equivit check`` and the benchmark scripts."""
 
 from __future__ import annotations
 
@@ -11,7 +11,15 @@ __all__ = ["timed"]
 
 
 def timed(function: Callable[[], object], device: torch.device) -> float:
-    """Wall time of one call in milliseconds (synchronising CUDA)."""
+    """Wall time of one call in milliseconds (synchronising CUDA before and after).
+
+    Args:
+        function: What to time.
+        device: The device it runs on.
+
+    Returns:
+        Milliseconds.
+    """
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     start = time.perf_counter()
