@@ -7,7 +7,9 @@ Protocols, each over ``--pairs`` pairs per model:
 - circular: two random circular shifts of any size of the same image (Ding et al., 2023);
 - circular <= 15 px: the same with shifts of at most 15 pixels per axis;
 - crop: two crops of the same photo whose corners differ by up to 32 pixels per axis;
-- flip + circular: the image is mirrored left-right first, then two circular shifts.
+- flip + circular: the image is mirrored left-right first, then two circular shifts;
+- affine + circular: the image is rotated (up to 15 degrees) and scaled (0.9 to 1.1) first, then
+  two circular shifts.
 
 A pair is consistent when both images get the same top-1 class. The table gives, per model and
 protocol, consistent pairs, the failures and the largest logit change within a pair.
@@ -98,12 +100,28 @@ def protocols(images: torch.Tensor, jittered: torch.Tensor, seed: int) -> dict[s
         return equivit.roll_from_anchor(batch, random_shifts(count, size, max_shift=max_shift, seed=seed + offset))  # type: ignore[arg-type]
 
     flipped = images.flip(-1)
+    warped = affine(images, seed)
     return {
         "circular": (shift(images, 1), shift(images, 2)),
         "circular <= 15 px": (shift(images, 3, 15), shift(images, 4, 15)),
         "crop": (images, jittered),
         "flip + circular": (shift(flipped, 5), shift(flipped, 6)),
+        "affine + circular": (shift(warped, 7), shift(warped, 8)),
     }
+
+
+def affine(images: torch.Tensor, seed: int) -> torch.Tensor:
+    """Each image rotated by up to 15 degrees and scaled by 0.9 to 1.1 about its centre (reflection at the border)."""
+    generator = torch.Generator().manual_seed(seed)
+    count = images.shape[0]
+    angle = (torch.rand(count, generator=generator) * 2 - 1) * torch.pi / 12
+    scale = 0.9 + 0.2 * torch.rand(count, generator=generator)
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    theta = torch.stack(
+        (torch.stack((cos, -sin, torch.zeros(count)), 1), torch.stack((sin, cos, torch.zeros(count)), 1)), 1
+    )
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 
 
 def main() -> None:

@@ -21,6 +21,7 @@ CUDA): each rank takes its share of every global batch, so the result matches on
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import time
@@ -90,11 +91,13 @@ def train(
     batch: int,
     seed: int,
     optimizer_name: str = "adamw",
+    augment: bool = False,
 ) -> nn.Module:
     """AdamW (or SGD) with a cosine schedule; each rank trains on its share of every global batch.
 
     SGD is there for comparing runs: Adam divides by the gradient's magnitude, so parameters whose
     gradient is zero up to rounding (the key bias of attention) move by rounding-sized noise.
+    With ``augment`` every training image is circularly shifted by its own random shift.
     """
     rank, world = distributed()
     if batch % world:
@@ -114,7 +117,11 @@ def train(
             order, cursor = torch.randperm(len(labels), generator=generator), 0
         chosen = order[cursor : cursor + batch][rank::world]
         cursor += batch
-        loss = F.cross_entropy(net(images[chosen]), labels[chosen])
+        inputs = images[chosen]
+        if augment:
+            shifts = torch.randint(0, SIZE, (len(chosen), 2), generator=generator)
+            inputs = equivit.roll_from_anchor(inputs, shifts)
+        loss = F.cross_entropy(net(inputs), labels[chosen])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -181,6 +188,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64, help="global batch size (default 64)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--optimizer", default="adamw", choices=["adamw", "sgd"])
+    parser.add_argument(
+        "--augmented-stock", action="store_true", help="also train each stock model with random circular shifts"
+    )
     parser.add_argument("--plot", default=None, help="write the accuracy-against-shift plot (PNG) here")
     parser.add_argument("--json", default=None, help="write the results as JSON here")
     parser.add_argument("--save-state", default=None, help="save the trained state dicts here (rank 0)")
@@ -193,13 +203,16 @@ def main() -> None:
         torch.manual_seed(args.seed)
         stock = FAMILIES[family]()
         converted = equivit.convert(stock)  # same initial weights, before either is trained
-        for variant, model in (("stock", stock), ("equivit", converted)):
+        runs = [("stock", stock, False), ("equivit", converted, False)]
+        if args.augmented_stock:
+            runs.insert(1, ("stock + shift augmentation", copy.deepcopy(stock), True))
+        for variant, model, augment in runs:
             name = f"{family} {variant}"
             torch.manual_seed(args.seed)
             start = time.perf_counter()
             train(
                 model, train_x, train_y, steps=args.steps, batch=args.batch, seed=args.seed,
-                optimizer_name=args.optimizer,
+                optimizer_name=args.optimizer, augment=augment,
             )  # fmt: skip
             seconds = time.perf_counter() - start
             states[name] = model.state_dict()
