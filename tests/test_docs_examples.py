@@ -1,0 +1,30 @@
+"""The code examples in the documentation run and do what they say."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+
+
+def python_blocks(page: str) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", (DOCS / page).read_text(), flags=re.DOTALL)
+
+
+def test_own_model_example_in_convert_guide() -> None:
+    blocks = [block for block in python_blocks("convert.md") if "class TinyViT" in block]
+    assert len(blocks) == 1
+    exec(compile(blocks[0], "docs/convert.md", "exec"), {})  # raises if the model is not shift-invariant
+
+
+@pytest.mark.parametrize("page", ["testing.md"])
+def test_testing_guide_examples(page: str) -> None:
+    for block in python_blocks(page):
+        namespace: dict[str, object] = {}
+        exec(compile(block, f"docs/{page}", "exec"), namespace)
+        for name, value in list(namespace.items()):
+            if name.startswith("test_") and callable(value):
+                value()  # hypothesis-decorated tests run their examples
