@@ -44,8 +44,8 @@ class CheckRow:
     consistent: bool
 
 
-def _progress(steps: Sequence[str], enabled: bool) -> Iterator[str]:
-    """Yield the step names, with a progress bar on a terminal (tqdm) when enabled."""
+def _progress(steps: Sequence[str], enabled: bool, label: str) -> Iterator[str]:
+    """Yield the steps, with a progress bar showing ``label: step`` on stderr (tqdm) when enabled."""
     if enabled:
         try:
             from tqdm.auto import tqdm
@@ -54,7 +54,7 @@ def _progress(steps: Sequence[str], enabled: bool) -> Iterator[str]:
         else:
             bar = tqdm(steps, leave=False, file=sys.stderr)
             for step in bar:
-                bar.set_description(step)
+                bar.set_description(f"{label}: {step}")
                 yield step
             return
     yield from steps
@@ -116,17 +116,17 @@ def check_model(
     steps = ["build", "circular shifts", "crop shifts", "speed"]
     rows: dict[str, dict[str, object]] = {"stock": {}, "equivit": {}}
     models: dict[str, nn.Module] = {}
-    for step in _progress([f"{name}: {step}" for step in steps], progress):
-        if step.endswith("build"):
+    for step in _progress(steps, progress, name):
+        if step == "build":
             torch.manual_seed(seed)
             models["stock"], models["equivit"] = _build(name, checkpoint, size, device)
             photos = load_photos(size).to(device)
             larger = load_photos((size[0] + crop_margin, size[1] + crop_margin)).to(device)
-        elif step.endswith("circular shifts"):
+        elif step == "circular shifts":
             for variant, model in models.items():
                 result = shift_consistency(model, photos, shifts_per_image=shifts, max_shift=max_shift, seed=seed)
                 rows[variant]["circular"] = result
-        elif step.endswith("crop shifts"):
+        elif step == "crop shifts":
             for variant, model in models.items():
                 rows[variant]["crop"] = crop_consistency(model, larger, size, crops_per_image=shifts, seed=seed)
         else:

@@ -187,15 +187,6 @@ def _channel_mix(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
     return mixed[:, None]
 
 
-def _coarse_energy(x: torch.Tensor, stride: tuple[int, int], energy: Energy, channels_last: bool) -> torch.Tensor:
-    """Energies of the ``sh x sw`` candidates (the first tier of the choice).
-
-    Shape:
-        - output: :math:`(B, s_h, s_w)`
-    """
-    return polyphase_energy(x, stride, energy=energy, channels_last=channels_last)
-
-
 def _fine_rank(x: torch.Tensor, stride: tuple[int, int], energy: Energy, channels_last: bool) -> torch.Tensor:
     """Second tier: each candidate's rank on the finer grid of period ``m * stride`` (best of its lifts).
 
@@ -337,7 +328,7 @@ def anchor_scores(
     """
     pair = normalize_stride(stride)
     _check_input(x, pair, channels_last, "anchor_scores")
-    coarse = _coarse_energy(x, pair, energy, channels_last)
+    coarse = polyphase_energy(x, pair, energy=energy, channels_last=channels_last)
     if x.shape[0] == 0:
         return torch.zeros(coarse.shape, dtype=torch.int64, device=x.device)
     return _tiered_scores(x, coarse, energy, channels_last, lazy=False)
@@ -392,7 +383,7 @@ def anchor_offsets(
     """
     pair = normalize_stride(stride)
     _check_input(x, pair, channels_last, "anchor_offsets")
-    coarse = _coarse_energy(x, pair, energy, channels_last)
+    coarse = polyphase_energy(x, pair, energy=energy, channels_last=channels_last)
     best = _best_phase(x, coarse, energy, channels_last)
     return torch.stack((torch.div(best, pair[1], rounding_mode="floor"), torch.remainder(best, pair[1])), dim=1)
 

@@ -18,6 +18,15 @@ def _tolerance(reference: torch.Tensor, rtol: float, atol: float) -> float:
     return atol + rtol * (float(reference.abs().max()) if reference.numel() else 0.0)
 
 
+def _fail(header: str, failures: list[str]) -> None:
+    """Raise an AssertionError with ``header`` and the first few failures, if there are any."""
+    if not failures:
+        return
+    listed = "\n  ".join(failures[:_MAX_LISTED])
+    more = f"\n  ... and {len(failures) - _MAX_LISTED} more" if len(failures) > _MAX_LISTED else ""
+    raise AssertionError(f"{header}\n  {listed}{more}")
+
+
 @torch.no_grad()
 def assert_shift_invariant(
     model: nn.Module,
@@ -74,13 +83,11 @@ def assert_shift_invariant(
                 f"{int(logits[index].argmax())}, largest logit change {float(change[index]):.3g}"
             )
     result = ShiftConsistency(consistent, total, largest)
-    if failures:
-        listed = "\n  ".join(failures[:_MAX_LISTED])
-        more = f"\n  ... and {len(failures) - _MAX_LISTED} more" if len(failures) > _MAX_LISTED else ""
-        raise AssertionError(
-            f"not shift-invariant: {result}; allowed logit change {tolerance:.3g} "
-            f"(atol {atol:g} + rtol {rtol:g} x largest logit)\n  {listed}{more}"
-        )
+    _fail(
+        f"not shift-invariant: {result}; allowed logit change {tolerance:.3g} "
+        f"(atol {atol:g} + rtol {rtol:g} x largest logit)",
+        failures,
+    )
     return result
 
 
@@ -188,14 +195,14 @@ def assert_shift_equivariant(
         expected = roll_from_anchor(reference, rolls.to(reference.device))
         error = (output - expected).abs().flatten(1).amax(dim=1) if output.numel() else torch.zeros(len(output))
         for index in torch.nonzero(error > tolerance).flatten().tolist():
-            failures.append(
-                f"input {index}, shift {tuple(shifts[index].tolist())}: output differs from "
-                f"{'its' if output_stride is not None else 'every'} roll "
-                f"{'by ' + str(tuple(rolls[index].tolist())) if output_stride is not None else 'of the reference'}"
-                f" by up to {float(error[index]):.3g}"
+            target = (
+                f"its roll by {tuple(rolls[index].tolist())}"
+                if output_stride is not None
+                else "every roll of the reference"
             )
-    if failures:
-        listed = "\n  ".join(failures[:_MAX_LISTED])
-        more = f"\n  ... and {len(failures) - _MAX_LISTED} more" if len(failures) > _MAX_LISTED else ""
-        raise AssertionError(f"not shift-equivariant (allowed deviation {tolerance:.3g}):\n  {listed}{more}")
+            failures.append(
+                f"input {index}, shift {tuple(shifts[index].tolist())}: output differs from {target} "
+                f"by up to {float(error[index]):.3g}"
+            )
+    _fail(f"not shift-equivariant (allowed deviation {tolerance:.3g}):", failures)
     return rolls
