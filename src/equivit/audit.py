@@ -86,8 +86,9 @@ def _module_problem(module: nn.Module, trusted: tuple[type, ...], safe: tuple[ty
 def equivariance_violations(model: nn.Module, trusted: Iterable[type] = ()) -> list[tuple[str, str, str]]:
     """List the modules that break, or may break, circular-shift equivariance.
 
-    A module is accepted when it is one of equivit's anchored layers, a stride-1 convolution with
-    circular padding or none, or a type known to act on tokens one at a time or on the set of
+    A module is accepted when it is one of equivit's anchored layers (with the children it runs on
+    its anchored input, named by its class attribute ``equivit_anchored_children``), a stride-1
+    convolution with circular padding or none, or a type known to act on tokens one at a time or on the set of
     tokens (linear layers, norms, MLPs, attention without position terms, activations,
     containers), or a type in ``trusted``.
 
@@ -100,13 +101,17 @@ def equivariance_violations(model: nn.Module, trusted: Iterable[type] = ()) -> l
     """
     safe = _safe_types()
     trusted_types = tuple(trusted)
-    # The reduction inside an anchored sub-sampled attention sees an anchored input.
-    anchored_inside = {
-        f"{name}.sr" for name, module in model.named_modules() if isinstance(module, AnchoredGlobalSubSampleAttn)
-    }
+    # Children that an anchored layer runs on its anchored input (the reduction of an anchored
+    # sub-sampled attention, the convolutions of an anchored residual block): covered, with
+    # everything inside them.
+    covered = [
+        f"{name}.{child}" if name else child
+        for name, module in model.named_modules()
+        for child in getattr(type(module), "equivit_anchored_children", ())
+    ]
     problems = []
     for name, module in model.named_modules():
-        if name in anchored_inside:
+        if any(name == root or name.startswith(root + ".") for root in covered):
             continue
         problem = _module_problem(module, trusted_types, safe)
         if problem is not None:

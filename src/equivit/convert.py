@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import timm
@@ -32,21 +32,47 @@ SUPPORTED = {
     "VisionTransformer": "ViT (vit_*) and DeiT (deit_*, deit3_*) built by timm's VisionTransformer",
     "VisionTransformerDistilled": "DeiT with distillation token (deit_*_distilled_*)",
     "Twins": "Twins-PCPVT and Twins-SVT (twins_*)",
+    "SwinTransformer": "Swin Transformer v1 (swin_*)",
+    "PyramidVisionTransformerV2": "PVT v2 (pvt_v2_b0 to b5; not the linear pvt_v2_b2_li)",
+    "ResNet": "ResNet (resnet*) with BasicBlock or Bottleneck",
+    "ConvNeXt": "ConvNeXt (convnext_*)",
 }
 
+Converter = Callable[[nn.Module, ConversionReport, Energy], None]
 
-def _family(model: nn.Module) -> str:
+
+def _converters() -> dict[type, tuple[str, Converter]]:
+    """Model class -> (family name, in-place converter). Imported lazily: one timm module each."""
+    from timm.models.convnext import ConvNeXt
     from timm.models.deit import VisionTransformerDistilled
+    from timm.models.pvt_v2 import PyramidVisionTransformerV2
+    from timm.models.resnet import ResNet
+    from timm.models.swin_transformer import SwinTransformer
 
-    if type(model) in (VisionTransformer, VisionTransformerDistilled, EquivariantVisionTransformerDistilled):
-        return "vit"
-    if type(model) is Twins:
-        return "twins"
+    from equivit.convert_cnn import convert_convnext, convert_resnet
+    from equivit.convert_pvt import convert_pvt_v2
+    from equivit.convert_swin import convert_swin
+
+    return {
+        VisionTransformer: ("vit", convert_vision_transformer),  # type: ignore[dict-item]
+        VisionTransformerDistilled: ("vit", convert_vision_transformer),  # type: ignore[dict-item]
+        EquivariantVisionTransformerDistilled: ("vit", convert_vision_transformer),  # type: ignore[dict-item]
+        Twins: ("twins", convert_twins),  # type: ignore[dict-item]
+        SwinTransformer: ("swin", convert_swin),  # type: ignore[dict-item]
+        PyramidVisionTransformerV2: ("pvt_v2", convert_pvt_v2),  # type: ignore[dict-item]
+        ResNet: ("resnet", convert_resnet),  # type: ignore[dict-item]
+        ConvNeXt: ("convnext", convert_convnext),  # type: ignore[dict-item]
+    }
+
+
+def _family(model: nn.Module) -> tuple[str, Converter]:
+    found = _converters().get(type(model))
+    if found is not None:
+        return found
     supported = "\n".join(f"  - {name}: {what}" for name, what in SUPPORTED.items())
     raise UnsupportedModelError(
         f"equivit cannot convert a {type(model).__name__}. Supported model classes:\n{supported}\n"
-        "Swin, PVT v2 and CNNs are planned. For your own architecture, build it from equivit.layers "
-        "and check it with equivit.testing."
+        "For your own architecture, build it from equivit.layers and check it with equivit.testing."
     )
 
 
@@ -112,16 +138,11 @@ def convert(
     if is_converted(model):
         logger.info("equivit: model is already converted; nothing to do")
         return model if inplace else copy.deepcopy(model)
-    family = _family(model)
+    family, converter = _family(model)
     trusted = tuple(trusted)
     target = model if inplace else copy.deepcopy(model)
     report = ConversionReport(family=family, input_multiple=(1, 1))
-    if family == "vit":
-        patch = target.patch_embed.patch_size  # type: ignore[union-attr]
-        report.input_multiple = (int(patch[0]), int(patch[1]))
-        convert_vision_transformer(target, report, energy)  # type: ignore[arg-type]
-    else:
-        convert_twins(target, report, energy)  # type: ignore[arg-type]
+    converter(target, report, energy)
     problems = equivariance_violations(target, trusted)
     if problems:
         listed = "\n".join(f"  - {name} ({kind}): {problem}" for name, kind, problem in problems)

@@ -92,6 +92,7 @@ def convert_vision_transformer(model: VisionTransformer, report: ConversionRepor
             "(hybrid CNN stems and other embeddings are not supported yet)"
         )
     proj = patch_embed.proj
+    report.input_multiple = (int(proj.stride[0]), int(proj.stride[1]))
     if tuple(proj.kernel_size) != tuple(proj.stride) or any(p != 0 for p in proj.padding):  # type: ignore[union-attr]
         raise UnsupportedModelError(
             f"patch_embed.proj: kernel {tuple(proj.kernel_size)}, stride {tuple(proj.stride)}, padding "

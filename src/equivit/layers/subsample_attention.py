@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 import torch.nn.functional as F
 from timm.models.twins import GlobalSubSampleAttn
@@ -36,6 +38,8 @@ class AnchoredGlobalSubSampleAttn(GlobalSubSampleAttn):
         - x: :math:`(B, H \cdot W, C)` with ``size = (H, W)``, ``H`` and ``W`` multiples of ``sr_ratio``
         - output: :math:`(B, H \cdot W, C)`
     """
+
+    equivit_anchored_children: ClassVar[tuple[str, ...]] = ("sr",)
 
     def __init__(
         self,

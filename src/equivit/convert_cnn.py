@@ -1,0 +1,16 @@
+"""Placeholder."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from equivit.polyphase import Energy
+from equivit.report import ConversionReport, UnsupportedModelError
+
+
+def convert_resnet(model: nn.Module, report: ConversionReport, energy: Energy) -> None:
+    raise UnsupportedModelError(f"{type(model).__name__} is not supported yet")
+
+
+def convert_convnext(model: nn.Module, report: ConversionReport, energy: Energy) -> None:
+    raise UnsupportedModelError(f"{type(model).__name__} is not supported yet")
