@@ -8,10 +8,16 @@ from collections.abc import Iterable
 from torch import nn
 
 from equivit.layers import (
+    AnchoredBasicBlock,
+    AnchoredBottleneck,
     AnchoredConv2d,
     AnchoredGlobalSubSampleAttn,
     AnchoredLocallyGroupedAttn,
+    AnchoredMaxPool2d,
     AnchoredPatchEmbed,
+    AnchoredPatchMerging,
+    AnchoredSpatialReductionAttn,
+    AnchoredSwinStage,
     CircularPosConv,
 )
 
@@ -23,11 +29,15 @@ __all__ = ["equivariance_violations"]
 _SAFE_NAMES = {
     "torch.nn": (
         "Linear", "LayerNorm", "GroupNorm", "RMSNorm", "Dropout", "Identity", "Sequential", "ModuleList",
-        "ModuleDict", "Flatten",
+        "ModuleDict", "Flatten", "BatchNorm2d", "SyncBatchNorm",
     ),
     "timm.layers": (
         "Mlp", "GluMlp", "SwiGLU", "SwiGLUPacked", "LayerScale", "DropPath", "LayerNorm", "RmsNorm", "PatchDropout",
-        "AttentionPoolLatent",
+        "AttentionPoolLatent", "ClassifierHead", "NormMlpClassifierHead", "SelectAdaptivePool2d",
+    ),
+    # Global pools over the whole grid (the adaptive ones are checked for output size 1 below).
+    "timm.layers.adaptive_avgmax_pool": (
+        "FastAdaptiveAvgPool", "FastAdaptiveMaxPool", "FastAdaptiveAvgMaxPool", "FastAdaptiveCatAvgMaxPool",
     ),
     "timm.models.vision_transformer": (
         "VisionTransformer", "Attention", "Block", "ResPostBlock", "ParallelScalingBlock", "ParallelThingsBlock",
@@ -35,6 +45,17 @@ _SAFE_NAMES = {
     ),
     "timm.models.deit": ("VisionTransformerDistilled",),
     "timm.models.twins": ("Twins", "Block", "PosConv", "PatchEmbed"),
+    "timm.models.swin_transformer": ("SwinTransformer",),
+    "timm.models.pvt_v2": (
+        "PyramidVisionTransformerV2", "PyramidVisionTransformerStage", "Block", "MlpWithDepthwiseConv",
+        "OverlapPatchEmbed",
+    ),
+    # Containers; their convolutions and pools are checked one by one. GRN and the heads pool globally.
+    "timm.models.resnet": ("ResNet", "BasicBlock", "Bottleneck"),
+    "timm.models.convnext": ("ConvNeXt", "ConvNeXtStage", "ConvNeXtBlock"),
+    "timm.layers.grn": ("GlobalResponseNorm",),
+    "timm.layers.mlp": ("GlobalResponseNormMlp",),
+    "timm.models._features": ("FeatureDictNet", "FeatureListNet", "FeatureGetterNet"),
     "equivit.convert_vit": ("EquivariantVisionTransformerDistilled",),
 }  # fmt: skip
 
@@ -42,6 +63,8 @@ _SAFE_NAMES = {
 def _safe_types() -> tuple[type, ...]:
     found: list[type] = [
         AnchoredConv2d, AnchoredGlobalSubSampleAttn, AnchoredLocallyGroupedAttn, AnchoredPatchEmbed, CircularPosConv,
+        AnchoredPatchMerging, AnchoredSpatialReductionAttn, AnchoredSwinStage,
+        AnchoredBasicBlock, AnchoredBottleneck, AnchoredMaxPool2d,
     ]  # fmt: skip
     for module_name, names in _SAFE_NAMES.items():
         module = importlib.import_module(module_name)
@@ -74,6 +97,11 @@ def _module_problem(module: nn.Module, trusted: tuple[type, ...], safe: tuple[ty
         return "window attention without anchoring"
     if type(module) is timm_twins.GlobalSubSampleAttn:
         return None if module.sr is None else "sub-sampled keys/values without anchoring"
+    if type(module) is importlib.import_module("timm.models.pvt_v2").Attention:
+        return None if module.sr is None else "spatially reduced keys/values without anchoring"
+    if isinstance(module, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)):
+        size = module.output_size if isinstance(module.output_size, tuple) else (module.output_size,)
+        return None if all(s == 1 for s in size) else f"adaptive pooling to {module.output_size} depends on position"
     if type(module).__name__ == "AttentionPoolLatent" and getattr(module, "pos_embed", None) is not None:
         return "attention pooling with an absolute position embedding"
     if getattr(module, "pos_embed", None) is not None and isinstance(module.pos_embed, nn.Parameter):

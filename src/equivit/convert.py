@@ -65,13 +65,44 @@ def _converters() -> dict[type, tuple[str, Converter]]:
     }
 
 
-def _family(model: nn.Module) -> tuple[str, Converter]:
-    found = _converters().get(type(model))
-    if found is not None:
-        return found
+def _stage_types() -> dict[type, type]:
+    """Module class that marks a family inside timm's flattened ``features_only`` wrapper -> model class."""
+    from timm.models.convnext import ConvNeXt, ConvNeXtStage
+    from timm.models.pvt_v2 import PyramidVisionTransformerStage, PyramidVisionTransformerV2
+    from timm.models.resnet import BasicBlock, Bottleneck, ResNet
+    from timm.models.swin_transformer import SwinTransformer, SwinTransformerStage
+
+    return {
+        SwinTransformerStage: SwinTransformer,
+        PyramidVisionTransformerStage: PyramidVisionTransformerV2,
+        BasicBlock: ResNet,
+        Bottleneck: ResNet,
+        ConvNeXtStage: ConvNeXt,
+    }
+
+
+def _family(model: nn.Module) -> tuple[str, Converter, nn.Module]:
+    """(family, converter, the module to convert) for a model or timm's ``features_only`` wrapper of one."""
+    from timm.models._features import FeatureDictNet, FeatureGetterNet
+
+    converters = _converters()
+    if isinstance(model, FeatureGetterNet):
+        inner = model.model
+        if type(inner) in converters:
+            return (*converters[type(inner)], inner)
+    elif isinstance(model, FeatureDictNet):
+        # FeatureListNet too: the model's children (flattened), run in order; the converters find
+        # their parts by type.
+        marks = _stage_types()
+        for module in model.modules():
+            if type(module) in marks:
+                return (*converters[marks[type(module)]], model)
+    elif type(model) in converters:
+        return (*converters[type(model)], model)
     supported = "\n".join(f"  - {name}: {what}" for name, what in SUPPORTED.items())
     raise UnsupportedModelError(
-        f"equivit cannot convert a {type(model).__name__}. Supported model classes:\n{supported}\n"
+        f"equivit cannot convert a {type(model).__name__}. Supported model classes (and timm's "
+        f"features_only wrappers of them):\n{supported}\n"
         "For your own architecture, build it from equivit.layers and check it with equivit.testing."
     )
 
@@ -138,11 +169,11 @@ def convert(
     if is_converted(model):
         logger.info("equivit: model is already converted; nothing to do")
         return model if inplace else copy.deepcopy(model)
-    family, converter = _family(model)
     trusted = tuple(trusted)
     target = model if inplace else copy.deepcopy(model)
+    family, converter, part = _family(target)
     report = ConversionReport(family=family, input_multiple=(1, 1))
-    converter(target, report, energy)
+    converter(part, report, energy)
     problems = equivariance_violations(target, trusted)
     if problems:
         listed = "\n".join(f"  - {name} ({kind}): {problem}" for name, kind, problem in problems)

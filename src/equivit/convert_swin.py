@@ -1,12 +1,68 @@
-"""Placeholder."""
+"""Conversion of timm ``SwinTransformer`` (Swin v1)."""
 
 from __future__ import annotations
 
+from timm.layers import PatchEmbed
+from timm.models.swin_transformer import SwinTransformerStage
 from torch import nn
 
+from equivit.layers import AnchoredPatchEmbed, AnchoredSwinStage
 from equivit.polyphase import Energy
-from equivit.report import ConversionReport, UnsupportedModelError
+from equivit.report import ConversionReport, UnsupportedModelError, lcm_pair
+
+__all__ = ["convert_swin"]
 
 
 def convert_swin(model: nn.Module, report: ConversionReport, energy: Energy) -> None:
-    raise UnsupportedModelError(f"{type(model).__name__} is not supported yet")
+    """Make a timm Swin Transformer (v1) shift-equivariant, in place. No parameter is added or renamed.
+
+    The patch projection is anchored (period = patch size); every stage anchors its patch
+    merging (period 2) and its token grid (period = window), runs its regular and shifted
+    windows cyclically without timm's border mask, and rolls its output back. Relative position
+    biases are kept: they act inside a window, which anchoring fixes. The input must be a
+    multiple of every stage's stride times its window (224 for a 224 model with 7 x 7 windows).
+
+    Args:
+        model: The model, changed in place: a ``SwinTransformer``, or timm's ``features_only``
+            wrapper of one.
+        report: Where the changes are recorded.
+        energy: Energy that picks the anchors.
+
+    Raises:
+        UnsupportedModelError: If the patch embedding or a stage is not timm's own, or the model
+            has an absolute position embedding.
+    """
+    embeds = [(name, module) for name, module in model.named_modules() if isinstance(module, PatchEmbed)]
+    if len(embeds) != 1 or type(embeds[0][1]) is not PatchEmbed:
+        found = ", ".join(f"{name} ({type(module).__name__})" for name, module in embeds) or "none"
+        raise UnsupportedModelError(f"expected one timm PatchEmbed, found {found}")
+    if getattr(model, "absolute_pos_embed", None) is not None:
+        raise UnsupportedModelError("absolute_pos_embed: an absolute position embedding breaks shift equivariance")
+    name, embed = embeds[0]
+    if tuple(embed.proj.kernel_size) != tuple(embed.proj.stride):
+        raise UnsupportedModelError(f"{name}.proj: only non-overlapping patches (kernel = stride) are supported")
+    patch = (int(embed.patch_size[0]), int(embed.patch_size[1]))
+    anchored_embed = AnchoredPatchEmbed.from_patch_embed(embed, pos_conv=False, energy=energy)
+    anchored_embed.strict_img_size = False
+    model.set_submodule(name, anchored_embed)
+    report.add(name, "PatchEmbed", f"AnchoredPatchEmbed (period {patch[0]} x {patch[1]})")
+    stride = patch
+    multiple = patch
+    # Stages in forward order, found by type so that timm's features_only wrapper converts too.
+    stages = [(name, module) for name, module in model.named_modules() if isinstance(module, SwinTransformerStage)]
+    for name, stage in stages:
+        if type(stage) is not SwinTransformerStage:
+            raise UnsupportedModelError(f"{name}: {type(stage).__name__} is not timm's SwinTransformerStage")
+        anchored = AnchoredSwinStage.from_timm(stage, energy=energy)
+        if anchored.downsample is not stage.downsample:
+            stride = (stride[0] * 2, stride[1] * 2)
+            report.add(f"{name}.downsample", "PatchMerging", "AnchoredPatchMerging (period 2)")
+        window = anchored.window_size
+        multiple = lcm_pair(multiple, (stride[0] * window[0], stride[1] * window[1]))
+        model.set_submodule(name, anchored)
+        report.add(
+            name,
+            "SwinTransformerStage (masked shifted windows)",
+            f"AnchoredSwinStage (period {window[0]} x {window[1]}, cyclic windows without mask)",
+        )
+    report.input_multiple = multiple

@@ -76,25 +76,29 @@ class AnchoredConv2d(nn.Conv2d):
         self.energy: Energy = energy
 
     @classmethod
-    def from_conv(cls, conv: nn.Conv2d, *, energy: Energy = "l1") -> AnchoredConv2d:
+    def from_conv(cls, conv: nn.Conv2d, *, energy: Energy = "l1", padding_mode: str | None = None) -> AnchoredConv2d:
         """Build from an existing ``nn.Conv2d``, sharing its parameters (no copy).
 
         Args:
-            conv: The convolution to anchor; zero padding must be 0.
+            conv: The convolution to anchor; its padding must be 0 unless the result pads circularly.
             energy: Energy that picks the anchor.
+            padding_mode: Padding mode of the result (default: ``conv``'s). Pass ``"circular"``
+                to anchor a zero-padded convolution (the overlapping patch embeddings of PVT v2,
+                the strided convolutions of CNNs); ``conv`` itself is not changed.
 
         Returns:
             An ``AnchoredConv2d`` whose weight and bias are ``conv``'s own parameters.
 
         Raises:
             TypeError: If ``conv`` is not an ``nn.Conv2d``.
-            ValueError: If ``conv`` zero-pads.
+            ValueError: If the result would zero-pad.
         """
         if not isinstance(conv, nn.Conv2d):
             raise TypeError(f"expected an nn.Conv2d, got {type(conv).__name__}")
         new = cls(
             conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,  # type: ignore[arg-type]
-            conv.dilation, conv.groups, conv.bias is not None, conv.padding_mode, energy=energy, device="meta",
+            conv.dilation, conv.groups, conv.bias is not None, padding_mode or conv.padding_mode, energy=energy,
+            device="meta",
         )  # fmt: skip
         return take_over(new, conv)
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import copy
 from typing import TypeVar
 
 from torch import nn
 
-__all__ = ["take_over"]
+__all__ = ["retype", "take_over"]
 
 ModuleT = TypeVar("ModuleT", bound=nn.Module)
 
@@ -28,4 +29,32 @@ def take_over(new: ModuleT, old: nn.Module) -> ModuleT:
     if hasattr(old, "fused_attn"):
         new.fused_attn = old.fused_attn
     new.train(old.training)
+    return new
+
+
+def retype(module: nn.Module, cls: type[ModuleT]) -> ModuleT:
+    """A new ``cls`` (a subclass of ``type(module)``) that shares ``module``'s parameters and children.
+
+    Used where a timm module's constructor arguments cannot all be read back from the module
+    (Swin blocks and stages, PVT attention): the new module has the same attributes, its own
+    parameter, buffer and child tables holding the same objects, and ``cls``'s methods. ``module``
+    itself is left as it was.
+
+    Args:
+        module: The timm module.
+        cls: The anchored subclass to give it.
+
+    Returns:
+        The new module.
+
+    Raises:
+        TypeError: If ``cls`` is not a subclass of ``type(module)``.
+    """
+    if not issubclass(cls, type(module)):
+        raise TypeError(f"{cls.__name__} is not a subclass of {type(module).__name__}")
+    new = cls.__new__(cls)
+    # Own tables (parameters, buffers, children, hooks) holding the same objects.
+    new.__dict__.update(
+        {key: copy.copy(value) if isinstance(value, (dict, set)) else value for key, value in module.__dict__.items()}
+    )
     return new
