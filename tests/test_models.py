@@ -56,17 +56,39 @@ def test_models_are_shift_invariant_on_real_photos(name: str, weights: str) -> N
     check_model(name, weights, (224, 224))
 
 
-def test_stock_models_are_not() -> None:
+# Swin with 4 x 4 windows at 128 x 256 keeps the default run short; 7 x 7 at 224 is in the sweep.
+SMALL_SWIN = ("swin_tiny_patch4_window7_224", (128, 256), {"img_size": (128, 256), "window_size": 4})
+
+
+@pytest.mark.parametrize("weights", ["fresh", "trained"])
+@pytest.mark.parametrize(
+    ("name", "size", "kwargs"), [SMALL_SWIN, ("pvt_v2_b0", (224, 224), {}), ("pvt_v2_b0", (160, 96), {})]
+)
+def test_swin_and_pvt_are_shift_invariant_on_real_photos(
+    name: str, size: tuple[int, int], kwargs: dict[str, object], weights: str
+) -> None:
+    check_model(name, weights, size, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("name", "size", "kwargs"),
+    [
+        ("vit_tiny_patch16_224", (224, 224), {}),
+        ("twins_svt_small", (224, 224), {}),
+        SMALL_SWIN,
+        ("pvt_v2_b0", (224, 224), {}),
+    ],
+)
+def test_stock_models_are_not(name: str, size: tuple[int, int], kwargs: dict[str, object]) -> None:
     """The problem is real: stock logits move by orders of magnitude more, and top-1 classes change."""
     fractions = []
-    for name in ("vit_tiny_patch16_224", "twins_svt_small"):
-        for weights in ("fresh", "trained"):
-            stock, _ = _pair(name, weights)
-            result = shift_consistency(stock, photos((224, 224)), seed=1)
-            with torch.no_grad():
-                scale = max(1.0, float(stock(photos((224, 224))[:4]).abs().max()))
-            assert result.max_logit_change > 100 * RELATIVE_TOLERANCE * scale, (name, weights, result)
-            fractions.append(result.fraction)
+    for weights in ("fresh", "trained"):
+        stock, _ = _pair(name, weights, **kwargs)
+        result = shift_consistency(stock, photos(size), seed=1)
+        with torch.no_grad():
+            scale = max(1.0, float(stock(photos(size)[:4]).abs().max()))
+        assert result.max_logit_change > 100 * RELATIVE_TOLERANCE * scale, (name, weights, result)
+        fractions.append(result.fraction)
     assert min(fractions) < 1.0
 
 
@@ -107,6 +129,14 @@ def test_vit_any_size_and_shift(height: int, width: int, shift: tuple[int, int],
         ("twins_svt_large", (224, 224), {}),
         ("twins_svt_small", (224, 448), {}),
         ("twins_pcpvt_small", (192, 320), {}),
+        ("swin_tiny_patch4_window7_224", (224, 224), {}),
+        ("swin_tiny_patch4_window7_224", (224, 448), {"img_size": (224, 448)}),
+        ("swin_small_patch4_window7_224", (224, 224), {}),
+        ("pvt_v2_b0", (192, 320), {}),
+        ("pvt_v2_b1", (224, 224), {}),
+        ("pvt_v2_b2", (224, 224), {}),
+        ("pvt_v2_b2_li", (224, 224), {}),
+        ("pvt_v2_b2_li", (224, 448), {}),
     ],
 )
 def test_model_sweep(name: str, size: tuple[int, int], kwargs: dict[str, object], weights: str) -> None:

@@ -33,7 +33,8 @@ def perturb_weights_(model: nn.Module, *, seed: int = 0, only: Collection[str] |
 
     - norm weights to ``1 + 0.5 * N(0, 1)`` and norm biases to ``0.2 * N(0, 1)``;
     - ``pos_embed`` to ``0.5 * N(0, 1)`` and the prefix tokens to ``N(0, 1)``;
-    - positional convolutions (``pos_conv``, Twins' ``pos_block``) to ``0.2 * N(0, 1)``.
+    - positional convolutions (``pos_conv``, Twins' ``pos_block``) to ``0.2 * N(0, 1)``;
+    - Swin's relative position bias tables to ``N(0, 1)`` (timm initialises them at 0.02).
 
     Args:
         model: The model, changed in place.
@@ -54,6 +55,8 @@ def perturb_weights_(model: nn.Module, *, seed: int = 0, only: Collection[str] |
                 targets[name] = (param, 0.0, 0.2)
             elif param_name == "pos_embed":
                 targets[name] = (param, 0.0, 0.5)
+            elif param_name == "relative_position_bias_table":
+                targets[name] = (param, 0.0, 1.0)
             elif param_name in _TOKENS:
                 targets[name] = (param, 0.0, 1.0)
     for name, (param, mean, std) in targets.items():

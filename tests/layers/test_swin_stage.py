@@ -1,0 +1,132 @@
+"""AnchoredSwinStage, CircularSwinTransformerBlock and AnchoredPatchMerging: Swin made equivariant."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+from timm.models.swin_transformer import PatchMerging, SwinTransformerBlock, SwinTransformerStage
+from torch import nn
+
+import equivit
+from equivit.layers import AnchoredPatchMerging, AnchoredSwinStage, CircularSwinTransformerBlock
+from equivit.testing import FAMILIES, make_images, perturb_weights_
+from helpers import is_some_roll
+
+DIM = 8
+
+
+def _stage(window: int, grid: tuple[int, int], downsample: bool, depth: int = 2) -> SwinTransformerStage:
+    """A timm stage with trained-looking weights (relative position biases included)."""
+    torch.manual_seed(0)
+    resolution = (grid[0] * 2, grid[1] * 2) if downsample else grid
+    stage = SwinTransformerStage(DIM, DIM, resolution, depth=depth, downsample=downsample, num_heads=2, window_size=window)
+    return perturb_weights_(stage, seed=0).eval()
+
+
+def _grid(family: str, height: int, width: int, seed: int) -> torch.Tensor:
+    """A (B, H, W, C) token grid of an image family, layer-normalised as Swin's blocks see it."""
+    grid = make_images(family, (2, DIM, height, width), seed=seed).permute(0, 2, 3, 1)
+    return nn.functional.layer_norm(grid, (DIM,))
+
+
+def test_smoke_from_timm_shares_parameters() -> None:
+    stock = _stage(2, (4, 4), downsample=True)
+    anchored = AnchoredSwinStage.from_timm(stock)
+    assert anchored.blocks[1].attn.qkv.weight is stock.blocks[1].attn.qkv.weight
+    assert anchored.downsample.reduction.weight is stock.downsample.reduction.weight
+    assert isinstance(anchored.downsample, AnchoredPatchMerging)
+    assert all(isinstance(block, CircularSwinTransformerBlock) for block in anchored.blocks)
+    assert all(block.attn_mask is None for block in anchored.blocks)
+    assert stock.blocks[1].attn_mask is not None  # the timm stage is left as it was
+    assert list(anchored.state_dict()) == list(stock.state_dict())
+    assert anchored.window_size == (2, 2)
+    assert anchored(torch.randn(1, 8, 8, DIM)).shape == (1, 4, 4, DIM)
+
+
+def test_without_shifts_or_masks_the_block_equals_timm() -> None:
+    """With no cyclic shift there is no mask: the circular block computes exactly timm's block."""
+    torch.manual_seed(0)
+    block = SwinTransformerBlock(DIM, (4, 6), num_heads=2, window_size=2, shift_size=0).eval()
+    x = torch.randn(2, 4, 6, DIM)
+    assert torch.allclose(CircularSwinTransformerBlock.from_timm(block)(x), block(x), atol=1e-6)
+
+
+def test_errors() -> None:
+    stage = AnchoredSwinStage.from_timm(_stage(3, (3, 3), downsample=False))
+    with pytest.raises(ValueError, match=r"4 x 6 of input shape \(1, 4, 6, 8\) is not a positive multiple of the stride \(3, 3\)"):
+        stage(torch.randn(1, 4, 6, DIM))
+    block = CircularSwinTransformerBlock.from_timm(SwinTransformerBlock(DIM, (6, 6), num_heads=2, window_size=3))
+    with pytest.raises(ValueError, match="token grid 4 x 6 is not a multiple of the window 3 x 3"):
+        block(torch.randn(1, 4, 6, DIM))
+    merging = AnchoredPatchMerging.from_timm(PatchMerging(DIM))
+    with pytest.raises(ValueError, match="not a positive multiple of the stride"):
+        merging(torch.randn(1, 3, 4, DIM))
+    with pytest.raises(ValueError, match="4-D"):
+        merging(torch.randn(4, 4, DIM))
+    for factory in (AnchoredSwinStage.from_timm, CircularSwinTransformerBlock.from_timm, AnchoredPatchMerging.from_timm):
+        with pytest.raises(TypeError, match="expected a timm"):
+            factory(nn.Linear(2, 2))  # type: ignore[arg-type]
+
+
+@given(
+    family=st.sampled_from(FAMILIES),
+    window=st.sampled_from([2, 3]),
+    blocks=st.tuples(st.integers(1, 2), st.integers(1, 3)),
+    shift=st.tuples(st.integers(-13, 13), st.integers(-13, 13)),
+    downsample=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_stage_output_of_a_shifted_grid_is_shifted(
+    family: str, window: int, blocks: tuple[int, int], shift: tuple[int, int], downsample: bool, seed: int
+) -> None:
+    """Shifted input -> shifted output: by ``shift / 2`` after merging an even shift, else by some roll."""
+    grid = (window * blocks[0], window * blocks[1])
+    stage = AnchoredSwinStage.from_timm(_stage(window, grid, downsample))
+    factor = 2 if downsample else 1
+    x = _grid(family, grid[0] * factor, grid[1] * factor, seed)
+    with torch.no_grad():
+        reference = stage(x)
+        shifted = stage(torch.roll(x, shift, dims=(1, 2)))
+    merged = stage.downsample(x) if downsample else x
+    tied = equivit.unresolved_ties(merged, window, channels_last=True)
+    exact = all(s % factor == 0 for s in shift)
+    for b in range(2):
+        if exact and not tied[b] and not (downsample and equivit.unresolved_ties(x[b : b + 1], 2, channels_last=True)):
+            expected = torch.roll(reference[b], (shift[0] // factor, shift[1] // factor), dims=(0, 1))
+            assert torch.allclose(shifted[b], expected, rtol=0, atol=1e-5), float((shifted[b] - expected).abs().max())
+        else:
+            assert is_some_roll(shifted[b], reference[b], dims=(0, 1), atol=1e-5)
+
+
+def test_stock_stage_is_not_equivariant() -> None:
+    stage = _stage(3, (6, 6), downsample=False)
+    x = torch.randn(2, 6, 6, DIM)
+    with torch.no_grad():
+        shifted, reference = stage(torch.roll(x, (1, 2), dims=(1, 2))), stage(x)
+    assert not is_some_roll(shifted[0], reference[0], dims=(0, 1), atol=1e-3)
+
+
+def test_gradients_and_gradient_checkpointing() -> None:
+    stage = AnchoredSwinStage.from_timm(_stage(2, (2, 2), downsample=True, depth=2)).double()
+    for block in stage.blocks:
+        block.attn.fused_attn = False  # double backward of the fused kernel is not on every build
+    x = torch.randn(1, 4, 4, DIM, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(stage, (x,))
+    assert torch.autograd.gradgradcheck(stage, (x,))
+    plain = torch.autograd.grad(stage(x).sum(), x)[0]
+    stage.grad_checkpointing = True
+    stage.train()
+    checkpointed = torch.autograd.grad(stage(x).sum(), x)[0]
+    assert torch.allclose(plain, checkpointed)
+
+
+def test_compiles_without_graph_breaks() -> None:
+    stage = AnchoredSwinStage.from_timm(_stage(2, (2, 4), downsample=True))
+    x = torch.randn(2, 4, 8, DIM)
+    explanation = torch._dynamo.explain(stage)(x)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    compiled = torch.compile(stage, fullgraph=True, backend="aot_eager")
+    with torch.no_grad():
+        assert torch.allclose(compiled(x), stage(x), atol=1e-6)
