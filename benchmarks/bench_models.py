@@ -5,7 +5,7 @@ backward, SGD step), batch 16 at 224 px, random init. Stock and converted runs a
 both see the same machine state; the table gives medians and the ratio converted / stock of
 throughput (higher is better, 1.0 = as fast as stock).
 
-    python benchmarks/bench_models.py [--device cuda] [--repeats 7] [--batch 16]
+    python benchmarks/bench_models.py [--device cuda] [--repeats 7] [--batch 16] [--models NAME ...]
 """
 
 from __future__ import annotations
@@ -22,7 +22,19 @@ from torch import nn
 import equivit
 from equivit.timing import timed
 
-MODELS = ("vit_small_patch16_224", "deit_small_patch16_224", "twins_svt_small", "twins_pcpvt_small")
+MODELS = (
+    "vit_small_patch16_224",
+    "deit_small_patch16_224",
+    "twins_svt_small",
+    "twins_pcpvt_small",
+    "swin_tiny_patch4_window7_224",
+    "pvt_v2_b0",
+    "pvt_v2_b1",
+    "resnet18",
+    "resnet50",
+    "convnext_atto",
+    "convnext_tiny",
+)
 
 
 def forward_step(model: nn.Module, images: torch.Tensor) -> Callable[[], object]:
