@@ -127,7 +127,7 @@ def convert(
     trusted: Iterable[type] = (),
     verbose: bool = False,
 ) -> nn.Module:
-    """Make a timm ViT, DeiT or Twins model exactly equivariant to circular shifts.
+    """Make a timm ViT, DeiT, Twins, Swin, PVT v2, ResNet or ConvNeXt model exactly equivariant to circular shifts.
 
     Every strided or windowed operator is anchored (its input rolled, per sample, to the
     polyphase component of largest energy), absolute position embeddings become a circular
@@ -135,14 +135,15 @@ def convert(
     pooling or attention pooling the logits of the result do not change when the image is
     circularly shifted by any number of pixels, up to floating-point rounding.
 
-    Weights are carried over. A Twins model gets no new parameter. A ViT loses ``pos_embed``: its
+    Weights are carried over. Only a ViT or DeiT gets a new parameter. A ViT loses ``pos_embed``: its
     rows for the prefix tokens are added to those tokens, and its grid part is replaced by
     ``patch_embed.pos_conv``, a new zero-initialised parameter (fine-tune to learn it). What was
     changed is logged (logger ``"equivit"``), printed with ``verbose=True``, and kept as
     ``model.equivit_report``. Inputs must be multiples of ``model.equivit_report.input_multiple``.
 
     Args:
-        model: A timm ``VisionTransformer``, ``VisionTransformerDistilled`` or ``Twins``.
+        model: A model of a class in :data:`SUPPORTED`, or timm's ``features_only`` wrapper of
+            one (its feature maps then move with the image).
         inplace: Change ``model`` itself (its parameters stay the same objects) instead of a copy.
         energy: Energy that picks the anchors: ``"l1"`` (default) or ``"l2"`` (fails after
             LayerNorm, where every token has nearly the same L2 norm; kept for experiments).

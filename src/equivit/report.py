@@ -35,7 +35,8 @@ class ConversionReport:
     """What :func:`equivit.convert` did to a model; kept on it as ``model.equivit_report``.
 
     Attributes:
-        family: The model family (``"vit"`` or ``"twins"``).
+        family: The model family: ``"vit"``, ``"twins"``, ``"swin"``, ``"pvt_v2"``, ``"resnet"`` or
+            ``"convnext"``.
         input_multiple: ``(H, W)``: input sizes must be multiples of this (the product of the
             strides and windows on the model's path).
         replacements: Every module or parameter changed, in order.
