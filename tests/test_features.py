@@ -17,6 +17,7 @@ CONFIGS = [
     ("vit_tiny_patch16_224", (64, 96), {"img_size": (64, 96), "depth": 4}),
     ("twins_pcpvt_small", (64, 96), {}),
     ("swin_tiny_patch4_window7_224", (128, 256), {"img_size": (128, 256), "window_size": 4}),
+    ("swinv2_tiny_window8_256", (128, 256), {"img_size": (128, 256), "window_size": 4}),
     ("pvt_v2_b0", (64, 96), {}),
     ("resnet18", (64, 96), {}),
     ("convnext_atto", (64, 96), {}),
@@ -36,10 +37,7 @@ class FeatureMap(nn.Module):
         self.model, self.index, self.channels, self.intermediates = model, index, channels, intermediates
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.intermediates:
-            maps = self.model.forward_intermediates(x, intermediates_only=True)
-        else:
-            maps = self.model(x)
+        maps = self.model.forward_intermediates(x, intermediates_only=True) if self.intermediates else self.model(x)
         out = maps[self.index]
         return out if out.shape[1] == self.channels else out.permute(0, 3, 1, 2)
 

@@ -16,8 +16,10 @@ from equivit.layers import (
     AnchoredMaxPool2d,
     AnchoredPatchEmbed,
     AnchoredPatchMerging,
+    AnchoredPatchMergingV2,
     AnchoredSpatialReductionAttn,
     AnchoredSwinStage,
+    AnchoredSwinTransformerV2Stage,
     CircularPosConv,
 )
 
@@ -46,6 +48,7 @@ _SAFE_NAMES = {
     "timm.models.deit": ("VisionTransformerDistilled",),
     "timm.models.twins": ("Twins", "Block", "PosConv", "PatchEmbed"),
     "timm.models.swin_transformer": ("SwinTransformer",),
+    "timm.models.swin_transformer_v2": ("SwinTransformerV2",),
     "timm.models.pvt_v2": (
         "PyramidVisionTransformerV2", "PyramidVisionTransformerStage", "Block", "MlpWithDepthwiseConv",
         "OverlapPatchEmbed",
@@ -63,7 +66,8 @@ _SAFE_NAMES = {
 def _safe_types() -> tuple[type, ...]:
     found: list[type] = [
         AnchoredConv2d, AnchoredGlobalSubSampleAttn, AnchoredLocallyGroupedAttn, AnchoredPatchEmbed, CircularPosConv,
-        AnchoredPatchMerging, AnchoredSpatialReductionAttn, AnchoredSwinStage,
+        AnchoredPatchMerging, AnchoredPatchMergingV2, AnchoredSpatialReductionAttn, AnchoredSwinStage,
+        AnchoredSwinTransformerV2Stage,
         AnchoredBasicBlock, AnchoredBottleneck, AnchoredMaxPool2d,
     ]  # fmt: skip
     for module_name, names in _SAFE_NAMES.items():

@@ -33,6 +33,7 @@ SUPPORTED = {
     "VisionTransformerDistilled": "DeiT with distillation token (deit_*_distilled_*)",
     "Twins": "Twins-PCPVT and Twins-SVT (twins_*)",
     "SwinTransformer": "Swin Transformer v1 (swin_*)",
+    "SwinTransformerV2": "Swin Transformer v2 (swinv2_*)",
     "PyramidVisionTransformerV2": "PVT v2 (pvt_v2_b0 to b5; not the linear pvt_v2_b2_li)",
     "ResNet": "ResNet (resnet*) with BasicBlock or Bottleneck",
     "ConvNeXt": "ConvNeXt (convnext_*)",
@@ -48,6 +49,7 @@ def _converters() -> dict[type, tuple[str, Converter]]:
     from timm.models.pvt_v2 import PyramidVisionTransformerV2
     from timm.models.resnet import ResNet
     from timm.models.swin_transformer import SwinTransformer
+    from timm.models.swin_transformer_v2 import SwinTransformerV2
 
     from equivit.convert_cnn import convert_convnext, convert_resnet
     from equivit.convert_pvt import convert_pvt_v2
@@ -59,6 +61,7 @@ def _converters() -> dict[type, tuple[str, Converter]]:
         EquivariantVisionTransformerDistilled: ("vit", convert_vision_transformer),  # type: ignore[dict-item]
         Twins: ("twins", convert_twins),  # type: ignore[dict-item]
         SwinTransformer: ("swin", convert_swin),  # type: ignore[dict-item]
+        SwinTransformerV2: ("swin", convert_swin),  # type: ignore[dict-item]
         PyramidVisionTransformerV2: ("pvt_v2", convert_pvt_v2),  # type: ignore[dict-item]
         ResNet: ("resnet", convert_resnet),  # type: ignore[dict-item]
         ConvNeXt: ("convnext", convert_convnext),  # type: ignore[dict-item]
@@ -71,9 +74,11 @@ def _stage_types() -> dict[type, type]:
     from timm.models.pvt_v2 import PyramidVisionTransformerStage, PyramidVisionTransformerV2
     from timm.models.resnet import BasicBlock, Bottleneck, ResNet
     from timm.models.swin_transformer import SwinTransformer, SwinTransformerStage
+    from timm.models.swin_transformer_v2 import SwinTransformerV2, SwinTransformerV2Stage
 
     return {
         SwinTransformerStage: SwinTransformer,
+        SwinTransformerV2Stage: SwinTransformerV2,
         PyramidVisionTransformerStage: PyramidVisionTransformerV2,
         BasicBlock: ResNet,
         Bottleneck: ResNet,

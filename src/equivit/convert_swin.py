@@ -1,12 +1,13 @@
-"""Conversion of timm ``SwinTransformer`` (Swin v1)."""
+"""Conversion of timm ``SwinTransformer`` and ``SwinTransformerV2``."""
 
 from __future__ import annotations
 
 from timm.layers import PatchEmbed
 from timm.models.swin_transformer import SwinTransformerStage
+from timm.models.swin_transformer_v2 import SwinTransformerV2Stage
 from torch import nn
 
-from equivit.layers import AnchoredPatchEmbed, AnchoredSwinStage
+from equivit.layers import AnchoredPatchEmbed, anchored_swin_stage
 from equivit.polyphase import Energy
 from equivit.report import ConversionReport, UnsupportedModelError, lcm_pair
 
@@ -14,7 +15,7 @@ __all__ = ["convert_swin"]
 
 
 def convert_swin(model: nn.Module, report: ConversionReport, energy: Energy) -> None:
-    """Make a timm Swin Transformer (v1) shift-equivariant, in place. No parameter is added or renamed.
+    """Make a timm Swin Transformer (v1 or v2) shift-equivariant, in place. No parameter is added or renamed.
 
     The patch projection is anchored (period = patch size); every stage anchors its patch
     merging (period 2) and its token grid (period = window), runs its regular and shifted
@@ -23,8 +24,8 @@ def convert_swin(model: nn.Module, report: ConversionReport, energy: Energy) -> 
     multiple of every stage's stride times its window (224 for a 224 model with 7 x 7 windows).
 
     Args:
-        model: The model, changed in place: a ``SwinTransformer``, or timm's ``features_only``
-            wrapper of one.
+        model: The model, changed in place: a ``SwinTransformer`` or ``SwinTransformerV2``, or
+            timm's ``features_only`` wrapper of one.
         report: Where the changes are recorded.
         energy: Energy that picks the anchors.
 
@@ -49,20 +50,24 @@ def convert_swin(model: nn.Module, report: ConversionReport, energy: Energy) -> 
     stride = patch
     multiple = patch
     # Stages in forward order, found by type so that timm's features_only wrapper converts too.
-    stages = [(name, module) for name, module in model.named_modules() if isinstance(module, SwinTransformerStage)]
+    kinds = (SwinTransformerStage, SwinTransformerV2Stage)
+    stages = [(name, module) for name, module in model.named_modules() if isinstance(module, kinds)]
     for name, stage in stages:
-        if type(stage) is not SwinTransformerStage:
-            raise UnsupportedModelError(f"{name}: {type(stage).__name__} is not timm's SwinTransformerStage")
-        anchored = AnchoredSwinStage.from_timm(stage, energy=energy)
+        if type(stage) not in kinds:
+            raise UnsupportedModelError(f"{name}: {type(stage).__name__} is not one of timm's Swin stages")
+        try:
+            anchored = anchored_swin_stage(stage, energy=energy)
+        except TypeError as error:
+            raise UnsupportedModelError(f"{name}: {error}") from error
         if anchored.downsample is not stage.downsample:
             stride = (stride[0] * 2, stride[1] * 2)
-            report.add(f"{name}.downsample", "PatchMerging", "AnchoredPatchMerging (period 2)")
+            report.add(f"{name}.downsample", "PatchMerging", f"{type(anchored.downsample).__name__} (period 2)")
         window = anchored.window_size
         multiple = lcm_pair(multiple, (stride[0] * window[0], stride[1] * window[1]))
         model.set_submodule(name, anchored)
         report.add(
             name,
             "SwinTransformerStage (masked shifted windows)",
-            f"AnchoredSwinStage (period {window[0]} x {window[1]}, cyclic windows without mask)",
+            f"{type(anchored).__name__} (period {window[0]} x {window[1]}, cyclic windows without mask)",
         )
     report.input_multiple = multiple

@@ -33,7 +33,8 @@ def _roll_tokens(x: torch.Tensor, size: tuple[int, int], shift: tuple[int, int])
 def test_smoke_shares_parameters_and_matches_timm_on_anchored_input() -> None:
     stock = _attention(2)
     anchored = AnchoredSpatialReductionAttn.from_timm(stock)
-    assert anchored.sr.weight is stock.sr.weight and anchored.kv.weight is stock.kv.weight
+    assert anchored.sr.weight is stock.sr.weight
+    assert anchored.kv.weight is stock.kv.weight
     assert list(anchored.state_dict()) == list(stock.state_dict())
     x = torch.randn(2, 24, DIM)
     assert anchored(x, [4, 6]).shape == (2, 24, DIM)

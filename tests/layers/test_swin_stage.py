@@ -7,21 +7,30 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 from timm.models.swin_transformer import PatchMerging, SwinTransformerBlock, SwinTransformerStage
+from timm.models.swin_transformer_v2 import SwinTransformerV2Block, SwinTransformerV2Stage
 from torch import nn
 
 import equivit
-from equivit.layers import AnchoredPatchMerging, AnchoredSwinStage, CircularSwinTransformerBlock
+from equivit.layers import (
+    AnchoredPatchMerging,
+    AnchoredPatchMergingV2,
+    CircularSwinTransformerBlock,
+    CircularSwinTransformerV2Block,
+    anchored_patch_merging,
+    anchored_swin_stage,
+)
 from equivit.testing import FAMILIES, make_images, perturb_weights_
 from helpers import is_some_roll
 
 DIM = 8
 
 
-def _stage(window: int, grid: tuple[int, int], downsample: bool, depth: int = 2) -> SwinTransformerStage:
-    """A timm stage with trained-looking weights (relative position biases included)."""
+def _stage(window: int, grid: tuple[int, int], downsample: bool, depth: int = 2, version: int = 1) -> nn.Module:
+    """A timm stage (Swin v1 or v2) with trained-looking weights (relative position biases included)."""
     torch.manual_seed(0)
     resolution = (grid[0] * 2, grid[1] * 2) if downsample else grid
-    stage = SwinTransformerStage(DIM, DIM, resolution, depth=depth, downsample=downsample, num_heads=2, window_size=window)
+    kind = SwinTransformerStage if version == 1 else SwinTransformerV2Stage
+    stage = kind(DIM, DIM, resolution, depth=depth, downsample=downsample, num_heads=2, window_size=window)
     return perturb_weights_(stage, seed=0).eval()
 
 
@@ -31,13 +40,15 @@ def _grid(family: str, height: int, width: int, seed: int) -> torch.Tensor:
     return nn.functional.layer_norm(grid, (DIM,))
 
 
-def test_smoke_from_timm_shares_parameters() -> None:
-    stock = _stage(2, (4, 4), downsample=True)
-    anchored = AnchoredSwinStage.from_timm(stock)
+@pytest.mark.parametrize("version", [1, 2])
+def test_smoke_from_timm_shares_parameters(version: int) -> None:
+    stock = _stage(2, (4, 4), downsample=True, version=version)
+    anchored = anchored_swin_stage(stock)
     assert anchored.blocks[1].attn.qkv.weight is stock.blocks[1].attn.qkv.weight
     assert anchored.downsample.reduction.weight is stock.downsample.reduction.weight
-    assert isinstance(anchored.downsample, AnchoredPatchMerging)
-    assert all(isinstance(block, CircularSwinTransformerBlock) for block in anchored.blocks)
+    assert isinstance(anchored.downsample, AnchoredPatchMerging if version == 1 else AnchoredPatchMergingV2)
+    circular = CircularSwinTransformerBlock if version == 1 else CircularSwinTransformerV2Block
+    assert all(isinstance(block, circular) for block in anchored.blocks)
     assert all(block.attn_mask is None for block in anchored.blocks)
     assert stock.blocks[1].attn_mask is not None  # the timm stage is left as it was
     assert list(anchored.state_dict()) == list(stock.state_dict())
@@ -45,27 +56,30 @@ def test_smoke_from_timm_shares_parameters() -> None:
     assert anchored(torch.randn(1, 8, 8, DIM)).shape == (1, 4, 4, DIM)
 
 
-def test_without_shifts_or_masks_the_block_equals_timm() -> None:
+@pytest.mark.parametrize("kind", [SwinTransformerBlock, SwinTransformerV2Block])
+def test_without_shifts_or_masks_the_block_equals_timm(kind: type) -> None:
     """With no cyclic shift there is no mask: the circular block computes exactly timm's block."""
     torch.manual_seed(0)
-    block = SwinTransformerBlock(DIM, (4, 6), num_heads=2, window_size=2, shift_size=0).eval()
+    block = kind(DIM, (4, 6), num_heads=2, window_size=2, shift_size=0).eval()
     x = torch.randn(2, 4, 6, DIM)
     assert torch.allclose(CircularSwinTransformerBlock.from_timm(block)(x), block(x), atol=1e-6)
 
 
 def test_errors() -> None:
-    stage = AnchoredSwinStage.from_timm(_stage(3, (3, 3), downsample=False))
-    with pytest.raises(ValueError, match=r"4 x 6 of input shape \(1, 4, 6, 8\) is not a positive multiple of the stride \(3, 3\)"):
+    stage = anchored_swin_stage(_stage(3, (3, 3), downsample=False))
+    with pytest.raises(
+        ValueError, match=r"4 x 6 of input shape \(1, 4, 6, 8\) is not a positive multiple of the stride \(3, 3\)"
+    ):
         stage(torch.randn(1, 4, 6, DIM))
     block = CircularSwinTransformerBlock.from_timm(SwinTransformerBlock(DIM, (6, 6), num_heads=2, window_size=3))
     with pytest.raises(ValueError, match="token grid 4 x 6 is not a multiple of the window 3 x 3"):
         block(torch.randn(1, 4, 6, DIM))
-    merging = AnchoredPatchMerging.from_timm(PatchMerging(DIM))
+    merging = anchored_patch_merging(PatchMerging(DIM))
     with pytest.raises(ValueError, match="not a positive multiple of the stride"):
         merging(torch.randn(1, 3, 4, DIM))
     with pytest.raises(ValueError, match="4-D"):
         merging(torch.randn(4, 4, DIM))
-    for factory in (AnchoredSwinStage.from_timm, CircularSwinTransformerBlock.from_timm, AnchoredPatchMerging.from_timm):
+    for factory in (anchored_swin_stage, CircularSwinTransformerBlock.from_timm, anchored_patch_merging):
         with pytest.raises(TypeError, match="expected a timm"):
             factory(nn.Linear(2, 2))  # type: ignore[arg-type]
 
@@ -77,13 +91,14 @@ def test_errors() -> None:
     shift=st.tuples(st.integers(-13, 13), st.integers(-13, 13)),
     downsample=st.booleans(),
     seed=st.integers(0, 2**16),
+    version=st.sampled_from([1, 2]),
 )
 def test_stage_output_of_a_shifted_grid_is_shifted(
-    family: str, window: int, blocks: tuple[int, int], shift: tuple[int, int], downsample: bool, seed: int
+    family: str, window: int, blocks: tuple[int, int], shift: tuple[int, int], downsample: bool, seed: int, version: int
 ) -> None:
     """Shifted input -> shifted output: by ``shift / 2`` after merging an even shift, else by some roll."""
     grid = (window * blocks[0], window * blocks[1])
-    stage = AnchoredSwinStage.from_timm(_stage(window, grid, downsample))
+    stage = anchored_swin_stage(_stage(window, grid, downsample, version=version))
     factor = 2 if downsample else 1
     x = _grid(family, grid[0] * factor, grid[1] * factor, seed)
     with torch.no_grad():
@@ -100,16 +115,18 @@ def test_stage_output_of_a_shifted_grid_is_shifted(
             assert is_some_roll(shifted[b], reference[b], dims=(0, 1), atol=1e-5)
 
 
-def test_stock_stage_is_not_equivariant() -> None:
-    stage = _stage(3, (6, 6), downsample=False)
+@pytest.mark.parametrize("version", [1, 2])
+def test_stock_stage_is_not_equivariant(version: int) -> None:
+    stage = _stage(3, (6, 6), downsample=False, version=version)
     x = torch.randn(2, 6, 6, DIM)
     with torch.no_grad():
         shifted, reference = stage(torch.roll(x, (1, 2), dims=(1, 2))), stage(x)
     assert not is_some_roll(shifted[0], reference[0], dims=(0, 1), atol=1e-3)
 
 
-def test_gradients_and_gradient_checkpointing() -> None:
-    stage = AnchoredSwinStage.from_timm(_stage(2, (2, 2), downsample=True, depth=2)).double()
+@pytest.mark.parametrize("version", [1, 2])
+def test_gradients_and_gradient_checkpointing(version: int) -> None:
+    stage = anchored_swin_stage(_stage(2, (2, 2), downsample=True, depth=2, version=version)).double()
     for block in stage.blocks:
         block.attn.fused_attn = False  # double backward of the fused kernel is not on every build
     x = torch.randn(1, 4, 4, DIM, dtype=torch.float64, requires_grad=True)
@@ -122,8 +139,9 @@ def test_gradients_and_gradient_checkpointing() -> None:
     assert torch.allclose(plain, checkpointed)
 
 
-def test_compiles_without_graph_breaks() -> None:
-    stage = AnchoredSwinStage.from_timm(_stage(2, (2, 4), downsample=True))
+@pytest.mark.parametrize("version", [1, 2])
+def test_compiles_without_graph_breaks(version: int) -> None:
+    stage = anchored_swin_stage(_stage(2, (2, 4), downsample=True, version=version))
     x = torch.randn(2, 4, 8, DIM)
     explanation = torch._dynamo.explain(stage)(x)
     assert explanation.graph_break_count == 0, explanation.break_reasons

@@ -5,17 +5,42 @@ Each layer keeps the parameter names of the timm module it replaces, so state di
 
 from __future__ import annotations
 
+from equivit.layers.anchored_block import AnchoredBasicBlock, AnchoredBottleneck
 from equivit.layers.anchored_conv import AnchoredConv2d
+from equivit.layers.anchored_pool import AnchoredMaxPool2d
+from equivit.layers.circular_conv import WrappingCircularConv2d
 from equivit.layers.patch_embed import AnchoredPatchEmbed
+from equivit.layers.patch_merging import AnchoredPatchMerging, AnchoredPatchMergingV2, anchored_patch_merging
 from equivit.layers.pos_conv import CircularPosConv, make_conv_circular
+from equivit.layers.reduction_attention import AnchoredSpatialReductionAttn
 from equivit.layers.subsample_attention import AnchoredGlobalSubSampleAttn
+from equivit.layers.swin_stage import (
+    AnchoredSwinStage,
+    AnchoredSwinTransformerV2Stage,
+    CircularSwinTransformerBlock,
+    CircularSwinTransformerV2Block,
+    anchored_swin_stage,
+)
 from equivit.layers.window_attention import AnchoredLocallyGroupedAttn
 
 __all__ = [
+    "AnchoredBasicBlock",
+    "AnchoredBottleneck",
     "AnchoredConv2d",
     "AnchoredGlobalSubSampleAttn",
     "AnchoredLocallyGroupedAttn",
+    "AnchoredMaxPool2d",
     "AnchoredPatchEmbed",
+    "AnchoredPatchMerging",
+    "AnchoredPatchMergingV2",
+    "AnchoredSpatialReductionAttn",
+    "AnchoredSwinStage",
+    "AnchoredSwinTransformerV2Stage",
     "CircularPosConv",
+    "CircularSwinTransformerBlock",
+    "CircularSwinTransformerV2Block",
+    "WrappingCircularConv2d",
+    "anchored_patch_merging",
+    "anchored_swin_stage",
     "make_conv_circular",
 ]

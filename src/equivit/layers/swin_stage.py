@@ -1,31 +1,62 @@
-"""Anchored Swin stage: windows fixed by content, cyclic shifts without the border mask."""
+"""Anchored Swin stages (v1 and v2): windows placed by content, cyclic shifts without the border mask."""
 
 from __future__ import annotations
 
 from typing import ClassVar
 
 import torch
-from timm.models._manipulate import checkpoint_seq
-from timm.models.swin_transformer import SwinTransformerBlock, SwinTransformerStage, window_partition, window_reverse
+from timm.models._manipulate import checkpoint
+from timm.models.swin_transformer import SwinTransformerBlock, SwinTransformerStage
+from timm.models.swin_transformer_v2 import SwinTransformerV2Block, SwinTransformerV2Stage
+from torch import nn
 
-from equivit.layers.patch_merging import AnchoredPatchMerging
+from equivit.layers.patch_merging import anchored_patch_merging
 from equivit.layers.sharing import retype
 from equivit.polyphase import Energy, polyphase_anchor
 from equivit.roll import roll_from_anchor
 
-__all__ = ["AnchoredSwinStage", "CircularSwinTransformerBlock"]
+__all__ = [
+    "AnchoredSwinStage",
+    "AnchoredSwinTransformerV2Stage",
+    "CircularSwinTransformerBlock",
+    "CircularSwinTransformerV2Block",
+    "anchored_swin_stage",
+]
 
 
-class CircularSwinTransformerBlock(SwinTransformerBlock):
+class _CircularWindows(nn.Module):
+    """No attention mask, and no padding: timm's cyclic window shift on a torus."""
+
+    window_size: tuple[int, int]
+
+    def get_attn_mask(self, x: torch.Tensor | None = None, **kwargs: object) -> None:
+        """No mask: on a torus there is no border to hide."""
+        return None
+
+    def _attn(self, x: torch.Tensor) -> torch.Tensor:
+        """Window attention as timm computes it, once the grid is checked to be a multiple of the window.
+
+        Raises:
+            ValueError: If the grid is not a multiple of the window size.
+        """
+        _, height, width, _ = x.shape
+        wh, ww = self.window_size
+        if height % wh or width % ww:
+            raise ValueError(
+                f"token grid {height} x {width} is not a multiple of the window {wh} x {ww}; the input image "
+                "must be a multiple of equivit_report.input_multiple (padding would break shift equivariance)"
+            )
+        return super()._attn(x)  # type: ignore[misc]
+
+
+class CircularSwinTransformerBlock(_CircularWindows, SwinTransformerBlock):
     r"""timm's ``SwinTransformerBlock`` on a torus: cyclic window shift, no mask, no padding.
 
     timm masks the shifted windows that wrap around the image border so that no token attends
     across it. On a circularly shifted image there is no border, and the mask, tied to absolute
     positions, breaks equivariance. Without it the block commutes with circular shifts by whole
     windows. The grid must be a multiple of the window (padding would mark the border). Same
-    parameters as timm's block.
-
-    Build it with :meth:`from_timm`; the constructor is timm's.
+    parameters as timm's block; build it with :func:`anchored_swin_stage` or :meth:`from_timm`.
 
     Shape:
         - x: :math:`(B, H, W, C)`, ``H`` and ``W`` multiples of the window size
@@ -33,101 +64,51 @@ class CircularSwinTransformerBlock(SwinTransformerBlock):
     """
 
     @classmethod
-    def from_timm(cls, block: SwinTransformerBlock) -> CircularSwinTransformerBlock:
-        """The same block (same parameter objects) without its attention mask.
+    def from_timm(cls, block: nn.Module) -> CircularSwinTransformerBlock | CircularSwinTransformerV2Block:
+        """The same block (same parameter objects) without its attention mask; v1 or v2.
 
         Args:
-            block: timm's block.
+            block: timm's ``SwinTransformerBlock`` or ``SwinTransformerV2Block``.
 
         Returns:
             The circular block.
 
         Raises:
-            TypeError: If ``block`` is not a ``SwinTransformerBlock``.
+            TypeError: If ``block`` is neither.
         """
-        if not isinstance(block, SwinTransformerBlock):
+        if isinstance(block, SwinTransformerBlock):
+            new: CircularSwinTransformerBlock | CircularSwinTransformerV2Block = retype(block, cls)
+        elif isinstance(block, SwinTransformerV2Block):
+            new = retype(block, CircularSwinTransformerV2Block)
+        else:
             raise TypeError(f"expected a timm SwinTransformerBlock, got {type(block).__name__}")
-        new = retype(block, cls)
         new.attn_mask = None
         new.dynamic_mask = False
         return new
 
-    def get_attn_mask(self, x: torch.Tensor | None = None, **kwargs: object) -> None:
-        """No mask: on a torus there is no border to hide."""
-        return None
 
-    def _attn(self, x: torch.Tensor) -> torch.Tensor:
-        """Window attention with a cyclic shift and no mask.
-
-        Raises:
-            ValueError: If the grid is not a multiple of the window size.
-        """
-        _, height, width, channels = x.shape
-        (wh, ww), (sh, sw) = self.window_size, self.shift_size
-        if height % wh or width % ww:
-            raise ValueError(
-                f"token grid {height} x {width} is not a multiple of the window {wh} x {ww}; the input image "
-                "must be a multiple of equivit_report.input_multiple (padding would break shift equivariance)"
-            )
-        shifted = torch.roll(x, shifts=(-sh, -sw), dims=(1, 2)) if sh or sw else x
-        windows = window_partition(shifted, (wh, ww)).view(-1, wh * ww, channels)
-        attended = self.attn(windows, mask=None).view(-1, wh, ww, channels)
-        shifted = window_reverse(attended, (wh, ww), height, width)
-        return torch.roll(shifted, shifts=(sh, sw), dims=(1, 2)) if sh or sw else shifted
-
-
-class AnchoredSwinStage(SwinTransformerStage):
-    r"""timm's ``SwinTransformerStage`` whose windows are placed by content.
-
-    The stage merges patches (anchored with period 2: :class:`AnchoredPatchMerging`), rolls the
-    token grid to its polyphase anchor with period = window, runs its blocks (regular and
-    shifted windows, both aligned with the anchored grid, no mask:
-    :class:`CircularSwinTransformerBlock`), and rolls the result back. A circular shift of the
-    input therefore shifts the output: by exactly ``shift / 2`` when the stage merges and the
-    shift is even, by the shift itself otherwise, and by some roll in general. Where the grid is a
-    single window, anchoring picks its rotation from the content. Same parameters as timm's
-    stage; gradient checkpointing works as in timm.
-
-    Build it with :meth:`from_timm`; the constructor is timm's.
+class CircularSwinTransformerV2Block(_CircularWindows, SwinTransformerV2Block):
+    r"""Swin v2's block (post-norm, continuous position bias) on a torus, as :class:`CircularSwinTransformerBlock`.
 
     Shape:
-        - x: :math:`(B, H, W, C)`, ``H`` and ``W`` multiples of (2 if merging) x window
-        - output: :math:`(B, H', W', C')`, as for timm's stage
+        - x: :math:`(B, H, W, C)`, ``H`` and ``W`` multiples of the window size
+        - output: :math:`(B, H, W, C)`
     """
+
+
+class _AnchoredWindows(nn.Module):
+    """Merge (anchored), anchor the grid with period = window, run the blocks, roll back."""
 
     equivit_anchored_children: ClassVar[tuple[str, ...]] = ("downsample", "blocks")
     energy: Energy
-
-    @classmethod
-    def from_timm(cls, stage: SwinTransformerStage, *, energy: Energy = "l1") -> AnchoredSwinStage:
-        """The same stage (same parameter objects) with anchored merging and circular blocks.
-
-        Args:
-            stage: timm's stage, holding ``SwinTransformerBlock`` blocks.
-            energy: Energy that picks the anchors.
-
-        Returns:
-            The anchored stage.
-
-        Raises:
-            TypeError: If ``stage`` is not a ``SwinTransformerStage`` of ``SwinTransformerBlock``.
-        """
-        if not isinstance(stage, SwinTransformerStage):
-            raise TypeError(f"expected a timm SwinTransformerStage, got {type(stage).__name__}")
-        kinds = {type(block).__name__ for block in stage.blocks}
-        if not all(isinstance(block, SwinTransformerBlock) for block in stage.blocks):
-            raise TypeError(f"expected SwinTransformerBlock blocks, got {sorted(kinds)}")
-        new = retype(stage, cls)
-        new.energy = energy
-        if isinstance(stage.downsample, torch.nn.Module) and not isinstance(stage.downsample, torch.nn.Identity):
-            new.downsample = AnchoredPatchMerging.from_timm(stage.downsample, energy=energy)  # type: ignore[arg-type]
-        new.blocks = torch.nn.Sequential(*(CircularSwinTransformerBlock.from_timm(block) for block in stage.blocks))
-        return new
+    downsample: nn.Module
+    blocks: nn.Module
+    grad_checkpointing: bool
 
     @property
     def window_size(self) -> tuple[int, int]:
         """The window of the stage's blocks (the anchoring period of its token grid)."""
-        size = self.blocks[0].window_size if len(self.blocks) else (1, 1)
+        size = self.blocks[0].window_size if len(self.blocks) else (1, 1)  # type: ignore[index, arg-type]
         return int(size[0]), int(size[1])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -138,11 +119,78 @@ class AnchoredSwinStage(SwinTransformerStage):
 
         Returns:
             The stage's output grid, aligned with its input.
+
+        Raises:
+            ValueError: If the grid is not a multiple of (2 if merging) x window.
         """
         x = self.downsample(x)
         x, offsets = polyphase_anchor(x, self.window_size, energy=self.energy, channels_last=True)
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            x = checkpoint_seq(self.blocks, x)
-        else:
-            x = self.blocks(x)
+        use_checkpoint = self.grad_checkpointing and not torch.jit.is_scripting()
+        for block in self.blocks:  # type: ignore[attr-defined]
+            x = checkpoint(block, x) if use_checkpoint else block(x)
         return roll_from_anchor(x, offsets, channels_last=True)
+
+
+class AnchoredSwinStage(_AnchoredWindows, SwinTransformerStage):
+    r"""timm's ``SwinTransformerStage`` whose windows are placed by content.
+
+    The stage merges patches (anchored with period 2: :class:`AnchoredPatchMerging`), rolls the
+    token grid to its polyphase anchor with period = window, runs its blocks (regular and
+    shifted windows, both aligned with the anchored grid, no mask:
+    :class:`CircularSwinTransformerBlock`), and rolls the result back. A circular shift of the
+    input therefore shifts the output: by exactly ``shift / 2`` when the stage merges and the
+    shift is even, by the shift itself otherwise, and by some roll in general. Where the grid is a
+    single window, anchoring picks its rotation from the content. Same parameters as timm's
+    stage; gradient checkpointing works as in timm. Build it with :func:`anchored_swin_stage`.
+
+    Shape:
+        - x: :math:`(B, H, W, C)`, ``H`` and ``W`` multiples of (2 if merging) x window
+        - output: :math:`(B, H', W', C')`, as for timm's stage
+    """
+
+
+class AnchoredSwinTransformerV2Stage(_AnchoredWindows, SwinTransformerV2Stage):
+    r"""Swin v2's stage, anchored as :class:`AnchoredSwinStage`.
+
+    Shape:
+        - x: :math:`(B, H, W, C)`, ``H`` and ``W`` multiples of (2 if merging) x window
+        - output: :math:`(B, H', W', C')`, as for timm's stage
+    """
+
+
+def anchored_swin_stage(
+    stage: nn.Module, *, energy: Energy = "l1"
+) -> AnchoredSwinStage | AnchoredSwinTransformerV2Stage:
+    """The anchored version of a Swin v1 or v2 stage, sharing its parameters (no copy).
+
+    Its patch merging is anchored and its blocks become circular (no mask); the stage object
+    given is left as it was.
+
+    Args:
+        stage: timm's ``SwinTransformerStage`` or ``SwinTransformerV2Stage``.
+        energy: Energy that picks the anchors.
+
+    Returns:
+        The anchored stage.
+
+    Raises:
+        TypeError: If ``stage`` is neither, or holds blocks of another type.
+    """
+    if isinstance(stage, SwinTransformerStage):
+        new: AnchoredSwinStage | AnchoredSwinTransformerV2Stage = retype(stage, AnchoredSwinStage)
+        block_type: type = SwinTransformerBlock
+    elif isinstance(stage, SwinTransformerV2Stage):
+        new = retype(stage, AnchoredSwinTransformerV2Stage)
+        block_type = SwinTransformerV2Block
+    else:
+        raise TypeError(f"expected a timm SwinTransformerStage, got {type(stage).__name__}")
+    if not all(type(block) is block_type for block in stage.blocks):
+        kinds = sorted({type(block).__name__ for block in stage.blocks})
+        raise TypeError(f"expected {block_type.__name__} blocks, got {kinds}")
+    new.energy = energy
+    if not isinstance(stage.downsample, nn.Identity):
+        new.downsample = anchored_patch_merging(stage.downsample, energy=energy)
+    blocks = [CircularSwinTransformerBlock.from_timm(block) for block in stage.blocks]
+    # Sequential (v1) or ModuleList (v2): the same keys either way
+    new.blocks = nn.Sequential(*blocks) if isinstance(stage.blocks, nn.Sequential) else nn.ModuleList(blocks)
+    return new

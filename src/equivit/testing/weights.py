@@ -55,9 +55,7 @@ def perturb_weights_(model: nn.Module, *, seed: int = 0, only: Collection[str] |
                 targets[name] = (param, 0.0, 0.2)
             elif param_name == "pos_embed":
                 targets[name] = (param, 0.0, 0.5)
-            elif param_name == "relative_position_bias_table":
-                targets[name] = (param, 0.0, 1.0)
-            elif param_name in _TOKENS:
+            elif param_name == "relative_position_bias_table" or param_name in _TOKENS:
                 targets[name] = (param, 0.0, 1.0)
     for name, (param, mean, std) in targets.items():
         if only is not None and name not in only:

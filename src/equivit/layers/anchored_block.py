@@ -1,0 +1,283 @@
+"""Anchored ResNet blocks: the main path and the downsample shortcut share one anchor."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from typing import Any, ClassVar, TypeVar
+
+import torch
+from timm.models.resnet import BasicBlock, Bottleneck
+from torch import nn
+
+from equivit.layers.anchored_pool import keeps_grid
+from equivit.layers.pos_conv import make_conv_circular
+from equivit.polyphase import Energy, polyphase_anchor
+
+__all__ = ["AnchoredBasicBlock", "AnchoredBottleneck"]
+
+BlockT = TypeVar("BlockT", bound=nn.Module)
+
+
+def _check_input(x: torch.Tensor, stride: int, name: str) -> None:
+    if x.dim() != 4:
+        raise ValueError(f"{name} expects a 4-D tensor (B, C, H, W), got shape {tuple(x.shape)}")
+    height, width = x.shape[2], x.shape[3]
+    if height == 0 or width == 0 or height % stride or width % stride:
+        raise ValueError(
+            f"{name}: spatial size H x W = {height} x {width} of input shape {tuple(x.shape)} is not a positive "
+            f"multiple of the block stride {stride}; the image must be a multiple of the product of all strides "
+            "up to this block"
+        )
+
+
+def _prepare(block: nn.Module, stride: int, anchored: tuple[str, ...], energy: str) -> None:
+    """Check that ``block`` can run on an anchored input, and switch its convolutions to circular padding.
+
+    Every strided operator must sit in one of the ``anchored`` children (which run on the
+    anchored input), have the block's stride and map ``H x W`` to ``H/s x W/s``; every stride-1
+    convolution must have a "same" padding, which becomes circular.
+    """
+    name = type(block).__name__
+    if energy not in ("l1", "l2"):
+        raise ValueError(f"energy must be 'l1' or 'l2', got {energy!r}")
+    if not isinstance(stride, int) or stride < 1:
+        raise ValueError(f"{name} needs a positive int stride, got {stride!r}")
+    if getattr(block, "se", None) is not None:
+        raise ValueError(f"{name} does not support attention layers (attn_layer), got {type(block.se).__name__}")
+    for extra in ("aa", "drop_block"):
+        module = getattr(block, extra, None)
+        if module is not None and type(module) is not nn.Identity:
+            raise ValueError(
+                f"{name} does not support {extra} layers (anti-aliasing or DropBlock), got {type(module).__name__}"
+            )
+    for path, module in block.named_modules():
+        inside = any(path == root or path.startswith(root + ".") for root in anchored)
+        if isinstance(module, nn.Conv2d):
+            if type(module) is not nn.Conv2d or isinstance(module.padding, str):
+                raise ValueError(
+                    f"{name}.{path}: only plain nn.Conv2d with explicit padding is supported, got "
+                    f"{type(module).__name__} with padding {module.padding!r}"
+                )
+            if tuple(module.stride) == (1, 1):
+                make_conv_circular(module)
+                continue
+            grid = keeps_grid(module.kernel_size, module.stride, module.padding, module.dilation)  # type: ignore[arg-type]
+            if not inside or tuple(module.stride) != (stride, stride) or not grid:
+                raise ValueError(
+                    f"{name}.{path}: a strided convolution (kernel {tuple(module.kernel_size)}, stride "
+                    f"{tuple(module.stride)}, padding {tuple(module.padding)}) must be one of {anchored}, have the "
+                    f"block stride {stride} and map H x W to H/{stride} x W/{stride}"
+                )
+            module.padding_mode = "circular"
+        elif isinstance(module, nn.AvgPool2d | nn.MaxPool2d):
+            kernel, step, pad = module.kernel_size, module.stride, module.padding
+            if not inside or step not in (stride, (stride, stride)) or not keeps_grid(kernel, step, pad):  # type: ignore[arg-type]
+                raise ValueError(
+                    f"{name}.{path}: a pooling (kernel {kernel}, stride {step}, padding {pad}) must be one of "
+                    f"{anchored}, have the block stride {stride} and no padding"
+                )
+            if pad not in (0, (0, 0)):
+                raise ValueError(f"{name}.{path}: a padded pooling (padding {pad}) marks the image border")
+
+
+def _from_block(cls: type[BlockT], block: nn.Module, energy: Energy) -> BlockT:
+    """A ``cls`` made of copies of ``block``'s modules that hold ``block``'s own parameters and buffers."""
+    shared: dict[int, Any] = {id(t): t for t in itertools.chain(block.parameters(), block.buffers())}
+    new = copy.deepcopy(block, memo=shared)  # new modules, the same tensors
+    new.__class__ = cls  # cls adds methods and the energy attribute only
+    new.energy = energy
+    _prepare(new, new.stride, cls.equivit_anchored_children, energy)  # type: ignore[attr-defined]
+    return new  # type: ignore[return-value]
+
+
+class AnchoredBasicBlock(BasicBlock):
+    """timm ``BasicBlock`` that anchors its input once, for both the main path and the shortcut.
+
+    A strided residual block has two strided paths: ``conv1`` (3x3, stride ``s``) and the
+    ``downsample`` shortcut (1x1 convolution of stride ``s``, or 2x2 average pooling then 1x1
+    convolution). Both must sample the same phase of the block input, or their sum is
+    misaligned. Here the block input is rolled once to its polyphase anchor (period = block
+    stride) and the whole block runs on the anchored input, with circular padding in every
+    convolution: a circular shift of the input gives an exact circular shift of the output (by
+    the shift divided by the stride, when the shift is a multiple of the stride).
+
+    The parameter names are those of timm's ``BasicBlock`` (``conv1``, ``bn1``, ``conv2``,
+    ``bn2``, ``downsample.0``, ...), so stock state dicts load with ``strict=True``.
+
+    Args:
+        inplanes: Input channels.
+        planes: Output channels.
+        stride: Block stride; the anchoring period.
+        downsample: The shortcut projection (for example ``Sequential(Conv2d 1x1 stride s, BatchNorm2d)``),
+            or None for an identity shortcut.
+        energy: Energy that picks the anchor, ``"l1"`` (default) or ``"l2"``.
+        device: Device of the parameters.
+        dtype: Dtype of the parameters.
+        **kwargs: Further arguments of timm's ``BasicBlock`` (``dilation``, ``act_layer``,
+            ``norm_layer``, ``drop_path``, ...).
+
+    Raises:
+        ValueError: If the block has an attention, anti-aliasing or DropBlock layer, a convolution
+            that cannot be made circular, or a strided operator outside ``conv1`` and
+            ``downsample`` or one whose output is not the input size divided by the stride.
+
+    Shape:
+        - input: :math:`(B, C_{in}, H, W)`, ``H`` and ``W`` multiples of the stride
+        - output: :math:`(B, C_{out}, H / s, W / s)`
+    """
+
+    equivit_anchored_children: ClassVar[tuple[str, ...]] = ("conv1", "downsample")
+
+    def __init__(
+        self,
+        inplanes: int,
+        planes: int,
+        stride: int = 2,
+        downsample: nn.Module | None = None,
+        *,
+        energy: Energy = "l1",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(inplanes, planes, stride, downsample, device=device, dtype=dtype, **kwargs)
+        self.energy: Energy = energy
+        _prepare(self, stride, self.equivit_anchored_children, energy)
+
+    @classmethod
+    def from_timm(cls, block: BasicBlock, *, energy: Energy = "l1") -> AnchoredBasicBlock:
+        """Build from timm's ``BasicBlock``, sharing its parameters and buffers (no copy).
+
+        The new block has its own module objects (``block`` is left as it was) holding
+        ``block``'s parameter and buffer tensors; its convolutions pad circularly.
+
+        Args:
+            block: The block to anchor.
+            energy: Energy that picks the anchor.
+
+        Returns:
+            The anchored block.
+
+        Raises:
+            TypeError: If ``block`` is not a ``BasicBlock``.
+            ValueError: As for the constructor.
+        """
+        if not isinstance(block, BasicBlock):
+            raise TypeError(f"expected timm's BasicBlock, got {type(block).__name__}")
+        return _from_block(cls, block, energy)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Anchor ``x`` with period = stride, then run timm's block on it.
+
+        Args:
+            x: Input feature maps.
+
+        Returns:
+            The block output, on the grid of the anchored input divided by the stride.
+
+        Raises:
+            ValueError: If ``x`` is not 4-D or its size is not a multiple of the stride.
+        """
+        _check_input(x, self.stride, type(self).__name__)
+        anchored, _ = polyphase_anchor(x, self.stride, energy=self.energy)
+        return super().forward(anchored)
+
+    def extra_repr(self) -> str:
+        """The anchoring period and energy."""
+        return f"period={self.stride}, energy={self.energy}"
+
+
+class AnchoredBottleneck(Bottleneck):
+    r"""timm ``Bottleneck`` that anchors its input once, for both the main path and the shortcut.
+
+    As :class:`AnchoredBasicBlock`, for the bottleneck block of ResNet-50 and deeper: the strided
+    operators are ``conv2`` (3x3, stride ``s``) and the ``downsample`` shortcut (1x1 convolution
+    of stride ``s``, or 2x2 average pooling then 1x1 convolution). ``conv2`` sees the output of
+    ``conv1``, not the block input, so anchoring the two paths each on its own input could pick
+    different phases; here both run on the input anchored once with period ``s``, and every
+    convolution pads circularly.
+
+    The parameter names are those of timm's ``Bottleneck``, so stock state dicts load with
+    ``strict=True``.
+
+    Args:
+        inplanes: Input channels.
+        planes: Bottleneck channels; the output has ``4 * planes``.
+        stride: Block stride; the anchoring period.
+        downsample: The shortcut projection, or None for an identity shortcut.
+        energy: Energy that picks the anchor, ``"l1"`` (default) or ``"l2"``.
+        device: Device of the parameters.
+        dtype: Dtype of the parameters.
+        **kwargs: Further arguments of timm's ``Bottleneck`` (``cardinality``, ``base_width``,
+            ``dilation``, ``act_layer``, ``norm_layer``, ``drop_path``, ...).
+
+    Raises:
+        ValueError: If the block has an attention, anti-aliasing or DropBlock layer, a convolution
+            that cannot be made circular, or a strided operator outside ``conv2`` and
+            ``downsample`` or one whose output is not the input size divided by the stride.
+
+    Shape:
+        - input: :math:`(B, C_{in}, H, W)`, ``H`` and ``W`` multiples of the stride
+        - output: :math:`(B, 4 \cdot planes, H / s, W / s)`
+    """
+
+    equivit_anchored_children: ClassVar[tuple[str, ...]] = ("conv2", "downsample")
+
+    def __init__(
+        self,
+        inplanes: int,
+        planes: int,
+        stride: int = 2,
+        downsample: nn.Module | None = None,
+        *,
+        energy: Energy = "l1",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(inplanes, planes, stride, downsample, device=device, dtype=dtype, **kwargs)
+        self.energy: Energy = energy
+        _prepare(self, stride, self.equivit_anchored_children, energy)
+
+    @classmethod
+    def from_timm(cls, block: Bottleneck, *, energy: Energy = "l1") -> AnchoredBottleneck:
+        """Build from timm's ``Bottleneck``, sharing its parameters and buffers (no copy).
+
+        The new block has its own module objects (``block`` is left as it was) holding
+        ``block``'s parameter and buffer tensors; its convolutions pad circularly.
+
+        Args:
+            block: The block to anchor.
+            energy: Energy that picks the anchor.
+
+        Returns:
+            The anchored block.
+
+        Raises:
+            TypeError: If ``block`` is not a ``Bottleneck``.
+            ValueError: As for the constructor.
+        """
+        if not isinstance(block, Bottleneck):
+            raise TypeError(f"expected timm's Bottleneck, got {type(block).__name__}")
+        return _from_block(cls, block, energy)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Anchor ``x`` with period = stride, then run timm's block on it.
+
+        Args:
+            x: Input feature maps.
+
+        Returns:
+            The block output, on the grid of the anchored input divided by the stride.
+
+        Raises:
+            ValueError: If ``x`` is not 4-D or its size is not a multiple of the stride.
+        """
+        _check_input(x, self.stride, type(self).__name__)
+        anchored, _ = polyphase_anchor(x, self.stride, energy=self.energy)
+        return super().forward(anchored)
+
+    def extra_repr(self) -> str:
+        """The anchoring period and energy."""
+        return f"period={self.stride}, energy={self.energy}"

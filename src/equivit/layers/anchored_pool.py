@@ -1,0 +1,149 @@
+"""A strided max pooling that anchors its input first and pads circularly (the ResNet stem pool)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from equivit.polyphase import Energy, normalize_stride, polyphase_anchor
+
+__all__ = ["AnchoredMaxPool2d", "keeps_grid"]
+
+
+def _pair(value: int | tuple[int, ...]) -> tuple[int, int]:
+    return (value, value) if isinstance(value, int) else (int(value[0]), int(value[-1]))
+
+
+def keeps_grid(
+    kernel_size: int | tuple[int, int],
+    stride: int | tuple[int, int],
+    padding: int | tuple[int, int],
+    dilation: int | tuple[int, int] = 1,
+) -> bool:
+    """Whether a strided window operator maps an ``H x W`` input to exactly ``H/s x W/s``.
+
+    That holds for every ``H`` and ``W`` that are multiples of the stride exactly when
+    ``-s <= 2 p - d (k - 1) - 1 <= -1`` on each axis (3x3 stride 2 padding 1, 7x7 stride 2
+    padding 3, 1x1 or 2x2 stride 2 without padding, ...). With circular padding, such an operator
+    on an input rolled by ``s * k`` gives its output rolled by ``k``: the output grid wraps
+    around exactly like the input.
+
+    Args:
+        kernel_size: ``k``, an int or a pair.
+        stride: ``s``, an int or a pair.
+        padding: ``p`` on each side, an int or a pair.
+        dilation: ``d``, an int or a pair.
+
+    Returns:
+        True if the output is exactly the input size divided by the stride.
+    """
+    return all(
+        -s <= 2 * p - d * (k - 1) - 1 <= -1
+        for k, s, p, d in zip(_pair(kernel_size), _pair(stride), _pair(padding), _pair(dilation), strict=True)
+    )
+
+
+class AnchoredMaxPool2d(nn.MaxPool2d):
+    """``nn.MaxPool2d`` that anchors its input (period = stride) and pads circularly.
+
+    A strided max pooling sees one polyphase component of its input at its window centres, and
+    its ``-inf`` padding marks the image border; both break circular-shift equivariance. Here
+    each sample is rolled to its polyphase anchor, padded circularly by ``padding``, and pooled
+    without padding, so the output for a circularly shifted input is exactly a circular shift of
+    the unshifted output. This is the stem pooling of ResNet (3x3, stride 2, padding 1).
+
+    There are no parameters; the attributes are those of ``nn.MaxPool2d``.
+
+    Args:
+        kernel_size: Window size.
+        stride: Stride (default ``kernel_size``); the anchoring period.
+        padding: Circular padding on each side.
+        dilation: Dilation of the window.
+        energy: Energy that picks the anchor, ``"l1"`` (default) or ``"l2"``.
+
+    Raises:
+        ValueError: If the output would not be exactly the input size divided by the stride
+            (see :func:`keeps_grid`), or the energy is unknown.
+
+    Shape:
+        - input: :math:`(B, C, H, W)`, ``H`` and ``W`` multiples of the stride
+        - output: :math:`(B, C, H / s_h, W / s_w)`
+    """
+
+    def __init__(
+        self,
+        kernel_size: int | tuple[int, int],
+        stride: int | tuple[int, int] | None = None,
+        padding: int | tuple[int, int] = 0,
+        dilation: int | tuple[int, int] = 1,
+        *,
+        energy: Energy = "l1",
+    ) -> None:
+        super().__init__(kernel_size, stride, padding, dilation)
+        kernel, step = _pair(self.kernel_size), normalize_stride(_pair(self.stride))
+        pad, dil = _pair(self.padding), _pair(self.dilation)
+        if not keeps_grid(kernel, step, pad, dil):
+            raise ValueError(
+                f"AnchoredMaxPool2d with kernel {kernel}, stride {step}, padding {pad} and dilation {dil} "
+                f"would not map H x W to H/{step[0]} x W/{step[1]}; use a padding p with "
+                "-s <= 2p - d(k-1) - 1 <= -1 (for example 3x3, stride 2, padding 1)"
+            )
+        if energy not in ("l1", "l2"):
+            raise ValueError(f"energy must be 'l1' or 'l2', got {energy!r}")
+        self.energy: Energy = energy
+
+    @classmethod
+    def from_pool(cls, pool: nn.MaxPool2d, *, energy: Energy = "l1") -> AnchoredMaxPool2d:
+        """Build from an existing ``nn.MaxPool2d`` with the same window, stride, padding and dilation.
+
+        Args:
+            pool: The pooling to anchor; its padding becomes circular.
+            energy: Energy that picks the anchor.
+
+        Returns:
+            The anchored pooling.
+
+        Raises:
+            TypeError: If ``pool`` is not an ``nn.MaxPool2d``.
+            ValueError: If ``pool`` uses ``ceil_mode`` or ``return_indices``, or its output would not
+                be the input size divided by the stride.
+        """
+        if not isinstance(pool, nn.MaxPool2d):
+            raise TypeError(f"expected an nn.MaxPool2d, got {type(pool).__name__}")
+        if pool.ceil_mode or pool.return_indices:
+            raise ValueError(
+                f"AnchoredMaxPool2d supports neither ceil_mode nor return_indices, got ceil_mode={pool.ceil_mode}, "
+                f"return_indices={pool.return_indices}"
+            )
+        return cls(pool.kernel_size, pool.stride, pool.padding, pool.dilation, energy=energy)  # type: ignore[arg-type]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Anchor ``x`` with period = stride, pad it circularly, then max-pool without padding.
+
+        Args:
+            x: Input feature maps.
+
+        Returns:
+            The pooled maps.
+
+        Raises:
+            ValueError: If ``x`` is not 4-D or its size is not a multiple of the stride.
+        """
+        stride = _pair(self.stride)
+        if x.dim() != 4:
+            raise ValueError(f"AnchoredMaxPool2d expects a 4-D tensor (B, C, H, W), got shape {tuple(x.shape)}")
+        if x.shape[2] % stride[0] or x.shape[3] % stride[1] or x.shape[2] == 0 or x.shape[3] == 0:
+            raise ValueError(
+                f"AnchoredMaxPool2d: spatial size H x W = {x.shape[2]} x {x.shape[3]} of input shape "
+                f"{tuple(x.shape)} is not a positive multiple of the stride {stride}"
+            )
+        anchored, _ = polyphase_anchor(x, stride, energy=self.energy)
+        pad_h, pad_w = _pair(self.padding)
+        if pad_h or pad_w:
+            anchored = F.pad(anchored, (pad_w, pad_w, pad_h, pad_h), mode="circular")
+        return F.max_pool2d(anchored, self.kernel_size, stride, 0, self.dilation)
+
+    def extra_repr(self) -> str:
+        """MaxPool2d's description plus the circular padding and the energy."""
+        return f"{super().extra_repr()}, padding_mode=circular, energy={self.energy}"

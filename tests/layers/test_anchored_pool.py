@@ -1,0 +1,101 @@
+"""AnchoredMaxPool2d: the anchored, circularly padded stem pooling of ResNet."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given
+from hypothesis import strategies as st
+from torch import nn
+
+import equivit
+from equivit.layers import AnchoredMaxPool2d
+from equivit.layers.anchored_pool import keeps_grid
+from equivit.testing.strategies import images, shifts
+from helpers import is_some_roll
+
+
+def test_smoke_shape_and_reference() -> None:
+    pool = AnchoredMaxPool2d.from_pool(nn.MaxPool2d(3, 2, 1))
+    x = torch.randn(2, 4, 8, 12)
+    out = pool(x)
+    assert out.shape == (2, 4, 4, 6)
+    assert "padding_mode=circular" in repr(pool)
+    assert "energy=l1" in repr(pool)
+    anchored, _ = equivit.polyphase_anchor(x, 2)
+    reference = F.max_pool2d(F.pad(anchored, (1, 1, 1, 1), mode="circular"), 3, 2)
+    assert torch.equal(out, reference)
+    assert AnchoredMaxPool2d(2)(x).shape == (2, 4, 4, 6)  # stride defaults to the kernel
+    assert AnchoredMaxPool2d(3, 2, 1)(torch.randn(1, 1, 2, 2)).shape == (1, 1, 1, 1)
+
+
+def test_keeps_grid() -> None:
+    assert keeps_grid(3, 2, 1)
+    assert keeps_grid(7, 2, 3)
+    assert keeps_grid(1, 2, 0)
+    assert keeps_grid(4, 4, 0)
+    assert keeps_grid((3, 1), (2, 2), (1, 0))
+    assert not keeps_grid(3, 2, 0)
+    assert not keeps_grid(3, 2, 2)
+    assert not keeps_grid(3, 1, 0)
+
+
+def test_errors() -> None:
+    with pytest.raises(ValueError, match=r"would not map H x W to H/2 x W/2"):
+        AnchoredMaxPool2d(3, 2, 0)
+    with pytest.raises(ValueError, match="energy"):
+        AnchoredMaxPool2d(3, 2, 1, energy="l3")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"nn\.MaxPool2d"):
+        AnchoredMaxPool2d.from_pool(nn.AvgPool2d(2))  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="ceil_mode"):
+        AnchoredMaxPool2d.from_pool(nn.MaxPool2d(3, 2, 1, ceil_mode=True))
+    with pytest.raises(
+        ValueError, match=r"17 x 16 .* \(1, 3, 17, 16\) is not a positive multiple of the stride \(2, 2\)"
+    ):
+        AnchoredMaxPool2d(3, 2, 1)(torch.randn(1, 3, 17, 16))
+    with pytest.raises(ValueError, match="4-D"):
+        AnchoredMaxPool2d(3, 2, 1)(torch.randn(3, 16, 16))
+
+
+@given(data=st.data(), config=st.sampled_from([(3, 2, 1), (2, 2, 0), (3, 3, 1), (5, 4, 2)]))
+def test_output_of_shifted_input_is_a_roll(data: st.DataObject, config: tuple[int, int, int]) -> None:
+    kernel, stride, padding = config
+    x = data.draw(images(stride, max_blocks=4))
+    shift = data.draw(shifts(x.shape[2], x.shape[3]))
+    pool = AnchoredMaxPool2d(kernel, stride, padding)
+    reference, shifted = pool(x), pool(torch.roll(x, shift, dims=(2, 3)))
+    for b in range(x.shape[0]):  # max pooling does not round: exact
+        assert is_some_roll(shifted[b], reference[b], dims=(1, 2)), f"sample {b}"
+
+
+@given(data=st.data())
+def test_shift_by_whole_strides_rolls_by_the_shift_over_the_stride(data: st.DataObject) -> None:
+    x = data.draw(images(2, max_blocks=4))
+    blocks = data.draw(shifts(x.shape[2] // 2, x.shape[3] // 2))
+    pool = AnchoredMaxPool2d(3, 2, 1)
+    shifted = pool(torch.roll(x, (2 * blocks[0], 2 * blocks[1]), dims=(2, 3)))
+    assert torch.equal(shifted, torch.roll(pool(x), blocks, dims=(2, 3)))
+
+
+def test_stock_pooling_is_not_equivariant() -> None:
+    torch.manual_seed(0)
+    pool = nn.MaxPool2d(3, 2, 1)
+    x = torch.randn(2, 3, 16, 16)
+    reference, shifted = pool(x), pool(torch.roll(x, (1, 0), dims=(2, 3)))
+    assert not any(is_some_roll(shifted[b], reference[b], dims=(1, 2)) for b in range(2))
+
+
+def test_gradients() -> None:
+    torch.manual_seed(0)
+    pool = AnchoredMaxPool2d(3, 2, 1)
+    x = torch.randn(2, 2, 4, 6, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(pool, (x,))
+
+
+def test_compiles_without_graph_breaks() -> None:
+    pool = AnchoredMaxPool2d(3, 2, 1)
+    x = torch.randn(2, 3, 16, 16)
+    assert torch._dynamo.explain(pool)(x).graph_break_count == 0
+    compiled = torch.compile(pool, fullgraph=True, backend="aot_eager")
+    assert torch.equal(compiled(x), pool(x))
