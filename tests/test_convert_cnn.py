@@ -20,7 +20,6 @@ from equivit.layers import (
     AnchoredBottleneck,
     AnchoredConv2d,
     AnchoredMaxPool2d,
-    WrappingCircularConv2d,
 )
 from equivit.testing import load_photos, perturb_weights_, shift_consistency
 from helpers import CONSISTENCY_ROWS, is_some_roll
@@ -186,30 +185,6 @@ def test_variants(name: str, kwargs: dict[str, object], multiple: int) -> None:
 def test_unsupported_variants_are_refused(name: str, kwargs: dict[str, object], message: str) -> None:
     with pytest.raises(equivit.UnsupportedModelError, match=message):
         equivit.convert(timm.create_model(name, **kwargs))
-
-
-@pytest.mark.parametrize("size", [(1, 1), (2, 3), (3, 2), (5, 4)])
-def test_circular_convolution_wraps_around_small_grids(size: tuple[int, int]) -> None:
-    """ConvNeXt's 7x7 depthwise convolutions on the 2x3 grid of a 64x96 image: padding 3 wraps more than once."""
-    torch.manual_seed(0)
-    stock = nn.Conv2d(4, 4, 7, padding=3, groups=4)
-    conv = WrappingCircularConv2d.from_conv(stock)
-    assert conv.weight is stock.weight
-    assert stock.padding_mode == "zeros"
-    x = torch.randn(2, 4, *size)
-    # out[i, j] = sum_ab w[a, b] x[(i + a - 3) mod H, (j + b - 3) mod W] + bias
-    reference = (
-        sum(
-            torch.roll(x, (3 - a, 3 - b), dims=(2, 3)) * stock.weight[None, :, 0, a, b, None, None]
-            for a in range(7)
-            for b in range(7)
-        )
-        + stock.bias[None, :, None, None]
-    )
-    with torch.no_grad():
-        assert torch.allclose(conv(x), reference, rtol=0, atol=1e-5)
-    with pytest.raises(ValueError, match="same"):
-        WrappingCircularConv2d.from_conv(nn.Conv2d(4, 4, 7, padding=2))
 
 
 def test_unknown_block_is_refused() -> None:

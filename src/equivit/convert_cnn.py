@@ -11,7 +11,6 @@ from equivit.layers import (
     AnchoredBottleneck,
     AnchoredConv2d,
     AnchoredMaxPool2d,
-    WrappingCircularConv2d,
     make_conv_circular,
 )
 from equivit.layers.anchored_pool import keeps_grid
@@ -232,7 +231,7 @@ def convert_convnext(model: nn.Module, report: ConversionReport, energy: Energy)
                 raise UnsupportedModelError(f"{name}.conv_dw: strided depthwise convolutions are not supported")
             conv = _plain_conv(block.conv_dw, f"{name}.conv_dw")
             try:
-                block.conv_dw = WrappingCircularConv2d.from_conv(conv)
+                make_conv_circular(conv)
             except ValueError as error:
                 raise UnsupportedModelError(f"{name}.conv_dw: {error}") from error
             report.add(f"{name}.conv_dw", f"{_describe(conv)}, zero padding", "same, circular padding")

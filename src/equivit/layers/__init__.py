@@ -8,7 +8,7 @@ from __future__ import annotations
 from equivit.layers.anchored_block import AnchoredBasicBlock, AnchoredBottleneck
 from equivit.layers.anchored_conv import AnchoredConv2d
 from equivit.layers.anchored_pool import AnchoredMaxPool2d
-from equivit.layers.circular_conv import WrappingCircularConv2d
+from equivit.layers.circular_conv import CircularConv2d, circular_conv2d, make_circular
 from equivit.layers.patch_embed import AnchoredPatchEmbed
 from equivit.layers.patch_merging import AnchoredPatchMerging, AnchoredPatchMergingV2, anchored_patch_merging
 from equivit.layers.pos_conv import CircularPosConv, make_conv_circular
@@ -36,11 +36,13 @@ __all__ = [
     "AnchoredSpatialReductionAttn",
     "AnchoredSwinStage",
     "AnchoredSwinTransformerV2Stage",
+    "CircularConv2d",
     "CircularPosConv",
     "CircularSwinTransformerBlock",
     "CircularSwinTransformerV2Block",
-    "WrappingCircularConv2d",
     "anchored_patch_merging",
     "anchored_swin_stage",
+    "circular_conv2d",
+    "make_circular",
     "make_conv_circular",
 ]

@@ -11,6 +11,7 @@ from timm.models.resnet import BasicBlock, Bottleneck
 from torch import nn
 
 from equivit.layers.anchored_pool import keeps_grid
+from equivit.layers.circular_conv import make_circular
 from equivit.layers.pos_conv import make_conv_circular
 from equivit.polyphase import Energy, polyphase_anchor
 
@@ -69,7 +70,7 @@ def _prepare(block: nn.Module, stride: int, anchored: tuple[str, ...], energy: s
                     f"{tuple(module.stride)}, padding {tuple(module.padding)}) must be one of {anchored}, have the "
                     f"block stride {stride} and map H x W to H/{stride} x W/{stride}"
                 )
-            module.padding_mode = "circular"
+            make_circular(module)
         elif isinstance(module, nn.AvgPool2d | nn.MaxPool2d):
             kernel, step, pad = module.kernel_size, module.stride, module.padding
             if not inside or step not in (stride, (stride, stride)) or not keeps_grid(kernel, step, pad):  # type: ignore[arg-type]

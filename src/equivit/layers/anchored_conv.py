@@ -5,13 +5,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from equivit.layers.circular_conv import CircularConv2d
 from equivit.layers.sharing import take_over
 from equivit.polyphase import Energy, polyphase_anchor
 
 __all__ = ["AnchoredConv2d"]
 
 
-class AnchoredConv2d(nn.Conv2d):
+class AnchoredConv2d(CircularConv2d):
     """``nn.Conv2d`` that rolls each sample to its polyphase anchor (period = stride) before convolving.
 
     A strided convolution sees one polyphase component of its input at its grid points, and a

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from equivit.layers.circular_conv import CircularConv2d, make_circular
+
 __all__ = ["CircularPosConv", "make_conv_circular"]
 
 
@@ -47,7 +49,7 @@ class CircularPosConv(nn.Module):
             raise ValueError(f"kernel_size must be a positive odd number, got {kernel_size}")
         if dim < 1:
             raise ValueError(f"dim must be positive, got {dim}")
-        self.proj = nn.Conv2d(
+        self.proj = CircularConv2d(
             dim, dim, kernel_size, padding=kernel_size // 2, groups=dim, bias=bias, padding_mode="circular",
             device=device, dtype=dtype,
         )  # fmt: skip
@@ -72,10 +74,13 @@ class CircularPosConv(nn.Module):
 
 
 def make_conv_circular(conv: nn.Conv2d) -> nn.Conv2d:
-    """Switch a stride-1 ``nn.Conv2d`` to circular padding, in place (same parameters).
+    """Switch a stride-1 "same"-padded ``nn.Conv2d`` to circular padding, in place (same parameters).
 
     Zero padding marks the image border; circular padding has none, so a stride-1 convolution
-    with it commutes with circular shifts. Twins' ``PosConv`` is made circular this way.
+    with it commutes with circular shifts. Twins' ``PosConv``, PVT v2's and ConvNeXt's depthwise
+    convolutions and ResNet's 3 x 3 convolutions are made circular this way. The convolution
+    becomes a :class:`~equivit.layers.CircularConv2d` (any grid size, also smaller than the
+    padding).
 
     Args:
         conv: A convolution with stride 1.
@@ -86,8 +91,7 @@ def make_conv_circular(conv: nn.Conv2d) -> nn.Conv2d:
     Raises:
         TypeError: If ``conv`` is not an ``nn.Conv2d``.
         ValueError: If its stride is not 1 (anchor it instead: ``AnchoredConv2d``), or its padding
-            is larger than the input can supply (circular padding needs ``padding <= size``) or
-            not a "same" padding.
+            is not a "same" padding.
     """
     if not isinstance(conv, nn.Conv2d):
         raise TypeError(f"expected an nn.Conv2d, got {type(conv).__name__}")
@@ -102,5 +106,4 @@ def make_conv_circular(conv: nn.Conv2d) -> nn.Conv2d:
             f"circular padding keeps the grid only with 'same' padding (odd kernel, padding {same}), "
             f"got kernel {tuple(conv.kernel_size)} and padding {tuple(conv.padding)}"
         )
-    conv.padding_mode = "circular"
-    return conv
+    return make_circular(conv)
