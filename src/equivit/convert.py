@@ -34,7 +34,7 @@ SUPPORTED = {
     "Twins": "Twins-PCPVT and Twins-SVT (twins_*)",
     "SwinTransformer": "Swin Transformer v1 (swin_*)",
     "SwinTransformerV2": "Swin Transformer v2 (swinv2_*)",
-    "PyramidVisionTransformerV2": "PVT v2 (pvt_v2_b0 to b5; not the linear pvt_v2_b2_li)",
+    "PyramidVisionTransformerV2": "PVT v2 (pvt_v2_b0 to b5 and the linear pvt_v2_b2_li)",
     "ResNet": "ResNet (resnet*) with BasicBlock or Bottleneck",
     "ConvNeXt": "ConvNeXt (convnext_*)",
 }
