@@ -171,7 +171,8 @@ def _list_supported() -> str:
     lines += [f"  {name}: {what}" for name, what in equivit.SUPPORTED.items()]
     lines.append("")
     lines.append("Some timm names of each family:")
-    for pattern in ("vit_*patch16*", "deit*", "twins_*", "swin_*", "swinv2_[!c]*", "pvt_v2_*", "resnet[0-9]*", "convnext_*"):
+    patterns = ("vit_*patch16*", "deit*", "twins_*", "swin_*", "swinv2_[!c]*", "pvt_v2_*", "resnet[0-9]*", "convnext_*")
+    for pattern in patterns:
         names = timm.list_models(pattern)
         lines.append(f"  {pattern}: {', '.join(names[:8])}{', ...' if len(names) > 8 else ''} ({len(names)} in all)")
     return "\n".join(lines)
