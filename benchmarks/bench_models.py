@@ -5,7 +5,7 @@ backward, SGD step), batch 16 at 224 px, random init. Stock and converted runs a
 both see the same machine state; the table gives medians and the ratio converted / stock of
 throughput (higher is better, 1.0 = as fast as stock).
 
-    python benchmarks/bench_models.py [--device cuda] [--repeats 7] [--batch 16] [--models NAME ...]
+    python benchmarks/bench_models.py [--device cuda] [--repeats 7] [--batch 16] [--models NAME ...] [--modes forward]
 """
 
 from __future__ import annotations
@@ -69,6 +69,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--models", nargs="+", default=list(MODELS))
+    parser.add_argument("--modes", nargs="+", default=["forward", "train step"], choices=["forward", "train step"])
     args = parser.parse_args()
     device = torch.device(args.device)
     torch.manual_seed(0)
@@ -84,7 +85,7 @@ def main() -> None:
     for name in args.models:
         stock = timm.create_model(name).to(device)
         converted = equivit.convert(stock)
-        for mode in ("forward", "train step"):
+        for mode in args.modes:
             steps = {
                 key: forward_step(model, images) if mode == "forward" else training_step(model, images, labels)
                 for key, model in (("stock", stock), ("converted", converted))
