@@ -281,3 +281,29 @@ def test_compiles_with_inductor() -> None:
     assert torch.equal(offsets, offsets_eager)
     assert torch.equal(y, y_eager)
     y.sum().backward()
+
+
+@given(
+    size=st.tuples(st.integers(1, 7), st.integers(1, 7)),
+    padding=st.tuples(st.integers(0, 9), st.integers(0, 9)),
+    channels_last=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_roll_to_anchor_pads_circularly_in_the_same_gather(
+    size: tuple[int, int], padding: tuple[int, int], channels_last: bool, seed: int
+) -> None:
+    """Padding larger than the map wraps around as often as needed."""
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(3, 2, *size, generator=generator)
+    offsets = torch.stack([torch.randint(-9, 9, (3,), generator=generator) for _ in range(2)], dim=1)
+    ph, pw = padding
+    rows = torch.arange(-ph, size[0] + ph) % size[0]
+    cols = torch.arange(-pw, size[1] + pw) % size[1]
+    expected = torch.stack(
+        [torch.roll(x[b], (-int(o[0]), -int(o[1])), dims=(1, 2))[:, rows][:, :, cols] for b, o in enumerate(offsets)]
+    )
+    if channels_last:
+        got = equivit.roll_to_anchor(x.permute(0, 2, 3, 1), offsets, channels_last=True, padding=padding)
+        assert torch.equal(got.permute(0, 3, 1, 2), expected)
+    else:
+        assert torch.equal(equivit.roll_to_anchor(x, offsets, padding=padding), expected)

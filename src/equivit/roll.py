@@ -12,17 +12,22 @@ import torch
 __all__ = ["roll_from_anchor", "roll_to_anchor"]
 
 
-def _flat_index(offsets: torch.Tensor, height: int, width: int, sign: int) -> torch.Tensor:
+def _flat_index(
+    offsets: torch.Tensor, height: int, width: int, sign: int, padding: tuple[int, int] = (0, 0)
+) -> torch.Tensor:
     r"""Flat source index of each output position for a per-sample roll by ``sign * offsets``.
+
+    With ``padding``, the output is also padded circularly: ``H + 2 ph`` rows, ``W + 2 pw`` columns.
 
     Shape:
         - offsets: :math:`(B, 2)`
-        - output: :math:`(B, H \\cdot W)`
+        - output: :math:`(B, (H + 2 p_h) \\cdot (W + 2 p_w))`
     """
     device = offsets.device
-    rows = torch.remainder(torch.arange(height, device=device) + sign * offsets[:, :1], height)
-    cols = torch.remainder(torch.arange(width, device=device) + sign * offsets[:, 1:], width)
-    return (rows[:, :, None] * width + cols[:, None, :]).reshape(offsets.shape[0], height * width)
+    ph, pw = padding
+    rows = torch.remainder(torch.arange(-ph, height + ph, device=device) + sign * offsets[:, :1], height)
+    cols = torch.remainder(torch.arange(-pw, width + pw, device=device) + sign * offsets[:, 1:], width)
+    return (rows[:, :, None] * width + cols[:, None, :]).reshape(offsets.shape[0], rows.shape[1] * cols.shape[1])
 
 
 def _check(x: torch.Tensor, offsets: torch.Tensor, channels_last: bool) -> None:
@@ -38,25 +43,35 @@ def _check(x: torch.Tensor, offsets: torch.Tensor, channels_last: bool) -> None:
         raise ValueError(f"offsets must be int64 (as polyphase_anchor returns them), got {offsets.dtype}")
 
 
-def _roll(x: torch.Tensor, offsets: torch.Tensor, channels_last: bool, sign: int) -> torch.Tensor:
+def _roll(
+    x: torch.Tensor, offsets: torch.Tensor, channels_last: bool, sign: int, padding: tuple[int, int] = (0, 0)
+) -> torch.Tensor:
     _check(x, offsets, channels_last)
+    ph, pw = padding
     if channels_last:
         # Whole tokens move: one row copy per token (index_select), not one index per element.
         batch, height, width, channels = x.shape
-        index = _flat_index(offsets, height, width, sign)
+        index = _flat_index(offsets, height, width, sign, padding)
         index = (index + torch.arange(batch, device=index.device)[:, None] * (height * width)).reshape(-1)
-        return x.reshape(batch * height * width, channels).index_select(0, index).view(x.shape)
+        rows = x.reshape(batch * height * width, channels).index_select(0, index)
+        return rows.view(batch, height + 2 * ph, width + 2 * pw, channels)
     batch, channels, height, width = x.shape
-    index = _flat_index(offsets, height, width, sign)[:, None, :].expand(batch, channels, height * width)
-    return torch.gather(x.reshape(batch, channels, height * width), 2, index).view(x.shape)
+    index = _flat_index(offsets, height, width, sign, padding)
+    index = index[:, None, :].expand(batch, channels, index.shape[1])
+    rolled = torch.gather(x.reshape(batch, channels, height * width), 2, index)
+    return rolled.view(batch, channels, height + 2 * ph, width + 2 * pw)
 
 
-def roll_to_anchor(x: torch.Tensor, offsets: torch.Tensor, *, channels_last: bool = False) -> torch.Tensor:
+def roll_to_anchor(
+    x: torch.Tensor, offsets: torch.Tensor, *, channels_last: bool = False, padding: tuple[int, int] = (0, 0)
+) -> torch.Tensor:
     """Roll each sample so that its anchored phase sits at the origin.
 
     ``y[b] == torch.roll(x[b], shifts=(-offsets[b, 0], -offsets[b, 1]), dims=(H, W))``, for all
     samples at once. Use it to apply the anchor found on one tensor to another of the same
-    spatial size (a shortcut branch, a mask, a second stream).
+    spatial size (a shortcut branch, a mask, a second stream). With ``padding`` the rolled map
+    also comes out padded circularly, in the same single gather (an anchored strided convolution
+    or pooling with circular padding needs no second copy).
 
     Args:
         x: Feature maps.
@@ -65,9 +80,10 @@ def roll_to_anchor(x: torch.Tensor, offsets: torch.Tensor, *, channels_last: boo
             are accepted; they are taken modulo ``H`` and ``W``.
         channels_last: Whether ``x`` is laid out ``(B, H, W, C)`` (token maps of Swin, PVT,
             Twins) instead of ``(B, C, H, W)``.
+        padding: ``(ph, pw)``: rows and columns of circular padding added on each side.
 
     Returns:
-        The rolled tensor, same shape and dtype as ``x``.
+        The rolled tensor, same dtype as ``x``, padded if asked.
 
     Raises:
         ValueError: If ``x`` is not 4-D or ``offsets`` is not int64 of shape ``(B, 2)``.
@@ -75,9 +91,9 @@ def roll_to_anchor(x: torch.Tensor, offsets: torch.Tensor, *, channels_last: boo
     Shape:
         - x: :math:`(B, C, H, W)`, or :math:`(B, H, W, C)` with ``channels_last=True``
         - offsets: :math:`(B, 2)`
-        - output: same as ``x``
+        - output: same as ``x``, with :math:`H + 2 p_h` and :math:`W + 2 p_w` when padded
     """
-    return _roll(x, offsets, channels_last, sign=1)
+    return _roll(x, offsets, channels_last, sign=1, padding=padding)
 
 
 def roll_from_anchor(y: torch.Tensor, offsets: torch.Tensor, *, channels_last: bool = False) -> torch.Tensor:

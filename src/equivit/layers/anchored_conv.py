@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from equivit.layers.circular_conv import CircularConv2d
 from equivit.layers.sharing import take_over
-from equivit.polyphase import Energy, polyphase_anchor
+from equivit.polyphase import Energy, anchor_offsets, polyphase_anchor
+from equivit.roll import roll_to_anchor
 
 __all__ = ["AnchoredConv2d"]
 
@@ -115,8 +117,14 @@ class AnchoredConv2d(CircularConv2d):
         Raises:
             ValueError: If ``x`` is not 4-D or its size is not a multiple of the stride.
         """
-        anchored, _ = polyphase_anchor(x, self.stride, energy=self.energy)  # type: ignore[arg-type]
-        return super().forward(anchored)
+        pad_h, pad_w = self.padding  # type: ignore[misc]
+        if self.padding_mode != "circular" or not (pad_h or pad_w) or x.dim() != 4:
+            anchored, _ = polyphase_anchor(x, self.stride, energy=self.energy)  # type: ignore[arg-type]
+            return super().forward(anchored)
+        # Roll to the anchor and pad circularly in one gather, then convolve without padding.
+        offsets = anchor_offsets(x, self.stride, energy=self.energy)  # type: ignore[arg-type]
+        padded = roll_to_anchor(x, offsets, padding=(pad_h, pad_w))
+        return F.conv2d(padded, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
 
     def extra_repr(self) -> str:
         """Conv2d's description plus the energy."""

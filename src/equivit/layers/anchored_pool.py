@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from equivit.polyphase import Energy, normalize_stride, polyphase_anchor
+from equivit.polyphase import Energy, anchor_offsets, normalize_stride
+from equivit.roll import roll_to_anchor
 
 __all__ = ["AnchoredMaxPool2d", "keeps_grid"]
 
@@ -138,10 +139,9 @@ class AnchoredMaxPool2d(nn.MaxPool2d):
                 f"AnchoredMaxPool2d: spatial size H x W = {x.shape[2]} x {x.shape[3]} of input shape "
                 f"{tuple(x.shape)} is not a positive multiple of the stride {stride}"
             )
-        anchored, _ = polyphase_anchor(x, stride, energy=self.energy)
-        pad_h, pad_w = _pair(self.padding)
-        if pad_h or pad_w:
-            anchored = F.pad(anchored, (pad_w, pad_w, pad_h, pad_h), mode="circular")
+        # Roll to the anchor and pad circularly in one gather, then pool without padding.
+        offsets = anchor_offsets(x, stride, energy=self.energy)
+        anchored = roll_to_anchor(x, offsets, padding=_pair(self.padding))
         return F.max_pool2d(anchored, self.kernel_size, stride, 0, self.dilation)
 
     def extra_repr(self) -> str:
