@@ -11,7 +11,7 @@ from timm.models.resnet import BasicBlock, Bottleneck
 from torch import nn
 
 from equivit.layers.anchored_pool import keeps_grid
-from equivit.layers.circular_conv import make_circular
+from equivit.layers.circular_conv import CircularConv2d, make_circular
 from equivit.layers.pos_conv import make_conv_circular
 from equivit.polyphase import Energy, polyphase_anchor
 
@@ -55,7 +55,7 @@ def _prepare(block: nn.Module, stride: int, anchored: tuple[str, ...], energy: s
     for path, module in block.named_modules():
         inside = any(path == root or path.startswith(root + ".") for root in anchored)
         if isinstance(module, nn.Conv2d):
-            if type(module) is not nn.Conv2d or isinstance(module.padding, str):
+            if type(module) not in (nn.Conv2d, CircularConv2d) or isinstance(module.padding, str):
                 raise ValueError(
                     f"{name}.{path}: only plain nn.Conv2d with explicit padding is supported, got "
                     f"{type(module).__name__} with padding {module.padding!r}"
@@ -92,7 +92,75 @@ def _from_block(cls: type[BlockT], block: nn.Module, energy: Energy) -> BlockT:
     return new  # type: ignore[return-value]
 
 
-class AnchoredBasicBlock(BasicBlock):
+class _AnchoredBlock(nn.Module):
+    """Anchor the block input once (period = block stride), then run timm's block on it."""
+
+    equivit_anchored_children: ClassVar[tuple[str, ...]]
+    timm_block: ClassVar[type[nn.Module]]
+    energy: Energy
+    stride: int
+
+    def __init__(
+        self,
+        inplanes: int,
+        planes: int,
+        stride: int = 2,
+        downsample: nn.Module | None = None,
+        *,
+        energy: Energy = "l1",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(inplanes, planes, stride, downsample, device=device, dtype=dtype, **kwargs)  # type: ignore[call-arg]
+        self.energy = energy
+        _prepare(self, stride, self.equivit_anchored_children, energy)
+
+    @classmethod
+    def from_timm(cls: type[BlockT], block: nn.Module, *, energy: Energy = "l1") -> BlockT:
+        """Build from timm's block, sharing its parameters and buffers (no copy).
+
+        The new block has its own module objects (``block`` is left as it was) holding
+        ``block``'s parameter and buffer tensors; its convolutions pad circularly.
+
+        Args:
+            block: The block to anchor (timm's ``BasicBlock`` or ``Bottleneck``, as the class).
+            energy: Energy that picks the anchor.
+
+        Returns:
+            The anchored block.
+
+        Raises:
+            TypeError: If ``block`` is not of the timm type this class anchors.
+            ValueError: As for the constructor.
+        """
+        expected = cls.timm_block  # type: ignore[attr-defined]
+        if not isinstance(block, expected):
+            raise TypeError(f"expected timm's {expected.__name__}, got {type(block).__name__}")
+        return _from_block(cls, block, energy)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Anchor ``x`` with period = stride, then run timm's block on it.
+
+        Args:
+            x: Input feature maps.
+
+        Returns:
+            The block output, on the grid of the anchored input divided by the stride.
+
+        Raises:
+            ValueError: If ``x`` is not 4-D or its size is not a multiple of the stride.
+        """
+        _check_input(x, self.stride, type(self).__name__)
+        anchored, _ = polyphase_anchor(x, self.stride, energy=self.energy)
+        return super().forward(anchored)
+
+    def extra_repr(self) -> str:
+        """The anchoring period and energy."""
+        return f"period={self.stride}, energy={self.energy}"
+
+
+class AnchoredBasicBlock(_AnchoredBlock, BasicBlock):
     """timm ``BasicBlock`` that anchors its input once, for both the main path and the shortcut.
 
     A strided residual block has two strided paths: ``conv1`` (3x3, stride ``s``) and the
@@ -129,67 +197,10 @@ class AnchoredBasicBlock(BasicBlock):
     """
 
     equivit_anchored_children: ClassVar[tuple[str, ...]] = ("conv1", "downsample")
-
-    def __init__(
-        self,
-        inplanes: int,
-        planes: int,
-        stride: int = 2,
-        downsample: nn.Module | None = None,
-        *,
-        energy: Energy = "l1",
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(inplanes, planes, stride, downsample, device=device, dtype=dtype, **kwargs)
-        self.energy: Energy = energy
-        _prepare(self, stride, self.equivit_anchored_children, energy)
-
-    @classmethod
-    def from_timm(cls, block: BasicBlock, *, energy: Energy = "l1") -> AnchoredBasicBlock:
-        """Build from timm's ``BasicBlock``, sharing its parameters and buffers (no copy).
-
-        The new block has its own module objects (``block`` is left as it was) holding
-        ``block``'s parameter and buffer tensors; its convolutions pad circularly.
-
-        Args:
-            block: The block to anchor.
-            energy: Energy that picks the anchor.
-
-        Returns:
-            The anchored block.
-
-        Raises:
-            TypeError: If ``block`` is not a ``BasicBlock``.
-            ValueError: As for the constructor.
-        """
-        if not isinstance(block, BasicBlock):
-            raise TypeError(f"expected timm's BasicBlock, got {type(block).__name__}")
-        return _from_block(cls, block, energy)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Anchor ``x`` with period = stride, then run timm's block on it.
-
-        Args:
-            x: Input feature maps.
-
-        Returns:
-            The block output, on the grid of the anchored input divided by the stride.
-
-        Raises:
-            ValueError: If ``x`` is not 4-D or its size is not a multiple of the stride.
-        """
-        _check_input(x, self.stride, type(self).__name__)
-        anchored, _ = polyphase_anchor(x, self.stride, energy=self.energy)
-        return super().forward(anchored)
-
-    def extra_repr(self) -> str:
-        """The anchoring period and energy."""
-        return f"period={self.stride}, energy={self.energy}"
+    timm_block: ClassVar[type[nn.Module]] = BasicBlock
 
 
-class AnchoredBottleneck(Bottleneck):
+class AnchoredBottleneck(_AnchoredBlock, Bottleneck):
     r"""timm ``Bottleneck`` that anchors its input once, for both the main path and the shortcut.
 
     As :class:`AnchoredBasicBlock`, for the bottleneck block of ResNet-50 and deeper: the strided
@@ -224,61 +235,4 @@ class AnchoredBottleneck(Bottleneck):
     """
 
     equivit_anchored_children: ClassVar[tuple[str, ...]] = ("conv2", "downsample")
-
-    def __init__(
-        self,
-        inplanes: int,
-        planes: int,
-        stride: int = 2,
-        downsample: nn.Module | None = None,
-        *,
-        energy: Energy = "l1",
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(inplanes, planes, stride, downsample, device=device, dtype=dtype, **kwargs)
-        self.energy: Energy = energy
-        _prepare(self, stride, self.equivit_anchored_children, energy)
-
-    @classmethod
-    def from_timm(cls, block: Bottleneck, *, energy: Energy = "l1") -> AnchoredBottleneck:
-        """Build from timm's ``Bottleneck``, sharing its parameters and buffers (no copy).
-
-        The new block has its own module objects (``block`` is left as it was) holding
-        ``block``'s parameter and buffer tensors; its convolutions pad circularly.
-
-        Args:
-            block: The block to anchor.
-            energy: Energy that picks the anchor.
-
-        Returns:
-            The anchored block.
-
-        Raises:
-            TypeError: If ``block`` is not a ``Bottleneck``.
-            ValueError: As for the constructor.
-        """
-        if not isinstance(block, Bottleneck):
-            raise TypeError(f"expected timm's Bottleneck, got {type(block).__name__}")
-        return _from_block(cls, block, energy)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Anchor ``x`` with period = stride, then run timm's block on it.
-
-        Args:
-            x: Input feature maps.
-
-        Returns:
-            The block output, on the grid of the anchored input divided by the stride.
-
-        Raises:
-            ValueError: If ``x`` is not 4-D or its size is not a multiple of the stride.
-        """
-        _check_input(x, self.stride, type(self).__name__)
-        anchored, _ = polyphase_anchor(x, self.stride, energy=self.energy)
-        return super().forward(anchored)
-
-    def extra_repr(self) -> str:
-        """The anchoring period and energy."""
-        return f"period={self.stride}, energy={self.energy}"
+    timm_block: ClassVar[type[nn.Module]] = Bottleneck
