@@ -23,6 +23,6 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
     if not CONSISTENCY_ROWS:
         return
     terminalreporter.section("circular-shift consistency on real photos: stock timm vs equivit")
-    terminalreporter.write_line(f"{'model':<44} {'weights':<9} {'size':<9} {'stock':<38} converted")
+    terminalreporter.write_line(f"{'model, weights':<54} {'size':<9} {'stock':<38} converted")
     for row in CONSISTENCY_ROWS:
         terminalreporter.write_line(row)

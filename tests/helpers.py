@@ -89,3 +89,34 @@ def roll_each(x: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
 
 
 CONSISTENCY_ROWS: list[str] = []  # filled by the model tests, printed by conftest at the end
+
+# Logits of the converted models may differ between a shifted and an unshifted image only by
+# rounding (sums over tokens in another order): about 1e-6 of the logit scale is measured.
+RELATIVE_TOLERANCE = 2e-5
+
+
+def check_consistency(
+    stock: torch.nn.Module,
+    converted: torch.nn.Module,
+    images: torch.Tensor,
+    label: str,
+    shifts: int,
+    *,
+    stock_must_move: bool = False,
+) -> None:
+    """Converted: top-1 kept for every image and shift, logits within rounding. Records a table row.
+
+    With ``stock_must_move``, the stock model's logits must also move by far more than that.
+    """
+    from equivit.testing import shift_consistency
+
+    stock_result = shift_consistency(stock, images, shifts_per_image=shifts, seed=1)
+    result = shift_consistency(converted, images, shifts_per_image=shifts, seed=1)
+    size = f"{images.shape[-2]}x{images.shape[-1]}"
+    CONSISTENCY_ROWS.append(f"{label:<54} {size:<9} {stock_result!s:<38} {result}")
+    with torch.no_grad():
+        tolerance = RELATIVE_TOLERANCE * max(1.0, float(converted(images[:4]).abs().max()))
+    assert result.fraction == 1.0, result
+    assert result.max_logit_change <= tolerance, result
+    if stock_must_move:
+        assert stock_result.max_logit_change > 100 * tolerance, stock_result  # the stock model is not invariant
