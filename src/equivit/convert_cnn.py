@@ -14,7 +14,6 @@ from equivit.layers import (
     make_conv_circular,
 )
 from equivit.layers.anchored_pool import keeps_grid
-from equivit.layers.sharing import take_over
 from equivit.polyphase import Energy
 from equivit.report import ConversionReport, UnsupportedModelError
 
@@ -44,11 +43,7 @@ def _anchored_conv(conv: nn.Module, name: str, energy: Energy) -> AnchoredConv2d
             f"{name}: {_describe(conv)} does not map H x W to H/{conv.stride[0]} x W/{conv.stride[1]}, so its "
             "output cannot be a circular shift; it is not supported"
         )
-    new = AnchoredConv2d(
-        conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,  # type: ignore[arg-type]
-        conv.dilation, conv.groups, conv.bias is not None, "circular", energy=energy, device="meta",  # type: ignore[arg-type]
-    )  # fmt: skip
-    return take_over(new, conv)
+    return AnchoredConv2d.from_conv(conv, energy=energy, padding_mode="circular")
 
 
 def _circular(conv: nn.Module, name: str, report: ConversionReport) -> None:
