@@ -61,7 +61,9 @@ def main(argv: list[str]) -> None:
         ensure_environment("test")
         run(PYTHON, "-m", "ruff", "check", "src", "tests", "benchmarks", "run.py")
         slow = ["-m", "slow or not slow"] if "--slow" in rest else []
-        run(PYTHON, "-m", "pytest", "-q", *slow, *[arg for arg in rest if arg != "--slow"])
+        # One worker per core (at most 4): compiles and hypothesis searches are single-threaded.
+        workers = ["-n", "auto", "--maxprocesses", "4"]
+        run(PYTHON, "-m", "pytest", "-q", *workers, *slow, *[arg for arg in rest if arg != "--slow"])
     elif job == "docs":
         ensure_environment("docs")
         os.environ.setdefault("NO_MKDOCS_2_WARNING", "1")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 
 import torch
+from torch import nn
 
 import equivit
 
@@ -103,10 +104,12 @@ def check_consistency(
     shifts: int,
     *,
     stock_must_move: bool = False,
+    relative_tolerance: float = RELATIVE_TOLERANCE,
 ) -> None:
     """Converted: top-1 kept for every image and shift, logits within rounding. Records a table row.
 
-    With ``stock_must_move``, the stock model's logits must also move by far more than that.
+    The logits may move by ``relative_tolerance`` times their scale (at least 1). With
+    ``stock_must_move``, the stock model's logits must also move by far more than that.
     """
     from equivit.testing import shift_consistency
 
@@ -115,8 +118,21 @@ def check_consistency(
     size = f"{images.shape[-2]}x{images.shape[-1]}"
     CONSISTENCY_ROWS.append(f"{label:<54} {size:<9} {stock_result!s:<38} {result}")
     with torch.no_grad():
-        tolerance = RELATIVE_TOLERANCE * max(1.0, float(converted(images[:4]).abs().max()))
+        tolerance = relative_tolerance * max(1.0, float(converted(images).abs().max()))  # same shape: no recompile
     assert result.fraction == 1.0, result
     assert result.max_logit_change <= tolerance, result
     if stock_must_move:
         assert stock_result.max_logit_change > 100 * tolerance, stock_result  # the stock model is not invariant
+
+
+class FeatureMap(nn.Module):
+    """Feature map ``index`` of a model returning a list of maps, as ``(B, C, H, W)``."""
+
+    def __init__(self, model: nn.Module, index: int, channels: int, intermediates: bool) -> None:
+        super().__init__()
+        self.model, self.index, self.channels, self.intermediates = model, index, channels, intermediates
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        maps = self.model.forward_intermediates(x, intermediates_only=True) if self.intermediates else self.model(x)
+        out = maps[self.index]
+        return out if out.shape[1] == self.channels else out.permute(0, 3, 1, 2)

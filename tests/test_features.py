@@ -11,6 +11,7 @@ from torch import nn
 
 import equivit
 from equivit.testing import assert_shift_equivariant, load_photos, perturb_weights_
+from helpers import FeatureMap
 
 # (timm name, image size, extra timm arguments): small sizes that are multiples of every period.
 CONFIGS = [
@@ -27,19 +28,6 @@ CONFIGS = [
 @functools.cache
 def photos(size: tuple[int, int]) -> torch.Tensor:
     return load_photos(size)[:4]
-
-
-class FeatureMap(nn.Module):
-    """Feature map ``index`` of a model returning a list of maps, as ``(B, C, H, W)``."""
-
-    def __init__(self, model: nn.Module, index: int, channels: int, intermediates: bool) -> None:
-        super().__init__()
-        self.model, self.index, self.channels, self.intermediates = model, index, channels, intermediates
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        maps = self.model.forward_intermediates(x, intermediates_only=True) if self.intermediates else self.model(x)
-        out = maps[self.index]
-        return out if out.shape[1] == self.channels else out.permute(0, 3, 1, 2)
 
 
 def _features_only(name: str, kwargs: dict[str, object]) -> nn.Module:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from equivit import layers
+from equivit import fx, layers  # fx: registers equivit's layers as FX leaves with timm
 from equivit.canonical import cyclic_rotation_rank
+from equivit.checkpoint import load_stock_checkpoint
 from equivit.convert import SUPPORTED, convert, convert_state_dict, create_model, is_converted
 from equivit.polyphase import (
     anchor_offsets,
@@ -28,8 +29,10 @@ __all__ = [
     "convert_state_dict",
     "create_model",
     "cyclic_rotation_rank",
+    "fx",
     "is_converted",
     "layers",
+    "load_stock_checkpoint",
     "polyphase_anchor",
     "polyphase_energy",
     "roll_from_anchor",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -16,13 +17,14 @@ from torch import nn
 from equivit.audit import equivariance_violations
 from equivit.convert_twins import convert_twins
 from equivit.convert_vit import (
+    EquivariantVisionTransformer,
     EquivariantVisionTransformerDistilled,
     convert_vision_transformer,
     prefix_rows,
     prefix_token_names,
 )
 from equivit.polyphase import Energy
-from equivit.report import ConversionReport, InputSizeCheck, UnsupportedModelError
+from equivit.report import ConversionReport, UnsupportedModelError, install_input_check
 
 __all__ = ["SUPPORTED", "convert", "convert_state_dict", "create_model", "is_converted"]
 
@@ -58,6 +60,7 @@ def _converters() -> dict[type, tuple[str, Converter]]:
     return {
         VisionTransformer: ("vit", convert_vision_transformer),  # type: ignore[dict-item]
         VisionTransformerDistilled: ("vit", convert_vision_transformer),  # type: ignore[dict-item]
+        EquivariantVisionTransformer: ("vit", convert_vision_transformer),  # type: ignore[dict-item]
         EquivariantVisionTransformerDistilled: ("vit", convert_vision_transformer),  # type: ignore[dict-item]
         Twins: ("twins", convert_twins),  # type: ignore[dict-item]
         SwinTransformer: ("swin", convert_swin),  # type: ignore[dict-item]
@@ -89,6 +92,7 @@ def _stage_types() -> dict[type, type]:
 def _family(model: nn.Module) -> tuple[str, Converter, nn.Module]:
     """(family, converter, the module to convert) for a model or timm's ``features_only`` wrapper of one."""
     from timm.models._features import FeatureDictNet, FeatureGetterNet
+    from timm.models._features_fx import FeatureGraphNet
 
     converters = _converters()
     if isinstance(model, FeatureGetterNet):
@@ -104,6 +108,13 @@ def _family(model: nn.Module) -> tuple[str, Converter, nn.Module]:
                 return (*converters[marks[type(module)]], model)
     elif type(model) in converters:
         return (*converters[type(model)], model)
+    if isinstance(model, (FeatureGraphNet, torch.fx.GraphModule)):
+        raise UnsupportedModelError(
+            f"equivit cannot convert a {type(model).__name__}: a graph traced by torch.fx has the stock "
+            "operations baked in. Convert the model first, then trace it: equivit.create_model(name, "
+            "features_only=True, feature_cls='fx'), or equivit.fx.create_feature_extractor(equivit.convert(model), "
+            "return_nodes)."
+        )
     supported = "\n".join(f"  - {name}: {what}" for name, what in SUPPORTED.items())
     raise UnsupportedModelError(
         f"equivit cannot convert a {type(model).__name__}. Supported model classes (and timm's "
@@ -190,7 +201,7 @@ def convert(
             "trusted=(...)."
         )
     target.equivit_report = report
-    target.register_forward_pre_hook(InputSizeCheck(report.input_multiple, type(model).__name__))
+    install_input_check(target, report, type(model).__name__)
     logger.info("%s", report)
     if verbose:
         print(report)
@@ -201,7 +212,8 @@ def create_model(model_name: str, pretrained: bool = False, *, energy: Energy = 
     """``timm.create_model`` followed by :func:`convert`.
 
     Stock weights (``pretrained=True`` or ``checkpoint_path=...``) are loaded into the stock model
-    first, then carried over by the conversion.
+    first, then carried over by the conversion. With ``features_only=True, feature_cls="fx"`` the
+    model is converted before timm traces it (:class:`equivit.fx.EquivariantFeatureGraphNet`).
 
     Args:
         model_name: A timm model name, for example ``"twins_svt_small"``.
@@ -215,6 +227,10 @@ def create_model(model_name: str, pretrained: bool = False, *, energy: Energy = 
     Raises:
         UnsupportedModelError: If the model is not supported.
     """
+    if kwargs.get("features_only") and kwargs.get("feature_cls") == "fx":
+        from equivit.fx import EquivariantFeatureGraphNet
+
+        kwargs["feature_cls"] = functools.partial(EquivariantFeatureGraphNet, energy=energy)
     return convert(timm.create_model(model_name, pretrained=pretrained, **kwargs), inplace=True, energy=energy)
 
 

@@ -12,7 +12,63 @@ from equivit.layers import AnchoredPatchEmbed
 from equivit.polyphase import Energy
 from equivit.report import ConversionReport, UnsupportedModelError
 
-__all__ = ["EquivariantVisionTransformerDistilled", "convert_vision_transformer", "prefix_rows", "prefix_token_names"]
+__all__ = [
+    "EquivariantVisionTransformer",
+    "EquivariantVisionTransformerDistilled",
+    "convert_vision_transformer",
+    "prefix_rows",
+    "prefix_token_names",
+]
+
+
+def _token_sequence(x: torch.Tensor, grid: bool) -> torch.Tensor:
+    """Patch tokens as a sequence, without an inferred size (so an empty batch works).
+
+    Args:
+        x: The patch embedding's output.
+        grid: Whether it is a grid (timm's ``dynamic_img_size``), decided by the model, not the
+            data, so that FX can trace it.
+
+    Shape:
+        - x: :math:`(B, N, C)`, or :math:`(B, H, W, C)` if ``grid``
+        - output: :math:`(B, N, C)`
+    """
+    if grid:
+        return x.flatten(1, 2)
+    return x
+
+
+class EquivariantVisionTransformer(VisionTransformer):
+    """ViT or DeiT without an absolute position embedding.
+
+    The converted model's position information comes from the circular convolution in the patch
+    embedding, so this subclass only prepends the class and register tokens (and applies
+    ``pos_drop``, as the stock model does after adding ``pos_embed``). Unlike timm's path for a
+    model without ``pos_embed``, it takes an empty batch.
+    """
+
+    def _pos_embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Prepend the class and register tokens to the patch tokens.
+
+        Args:
+            x: Patch tokens.
+
+        Returns:
+            The token sequence.
+
+        Shape:
+            - x: :math:`(B, N, C)`, or :math:`(B, H, W, C)` with ``dynamic_img_size``
+            - output: :math:`(B, P + N, C)` with ``P`` prefix tokens
+        """
+        x = _token_sequence(x, self.dynamic_img_size)
+        to_cat: list[torch.Tensor] = []
+        if self.cls_token is not None:
+            to_cat.append(self.cls_token.expand(x.shape[0], -1, -1))
+        if self.reg_token is not None:
+            to_cat.append(self.reg_token.expand(x.shape[0], -1, -1))
+        if len(to_cat) > 0:
+            x = torch.cat(to_cat + [x], dim=1)  # noqa: RUF005 (TorchScript has no starred lists)
+        return self.pos_drop(x)
 
 
 class EquivariantVisionTransformerDistilled(VisionTransformerDistilled):
@@ -27,12 +83,16 @@ class EquivariantVisionTransformerDistilled(VisionTransformerDistilled):
         """Prepend the class and distillation tokens to the patch tokens.
 
         Args:
-            x: Patch tokens, ``(B, N, C)`` or ``(B, H, W, C)``.
+            x: Patch tokens.
 
         Returns:
-            Tokens ``(B, 2 + N, C)``.
+            The token sequence.
+
+        Shape:
+            - x: :math:`(B, N, C)`, or :math:`(B, H, W, C)` with ``dynamic_img_size``
+            - output: :math:`(B, 2 + N, C)`
         """
-        x = x.reshape(x.shape[0], -1, x.shape[-1])
+        x = _token_sequence(x, self.dynamic_img_size)
         x = torch.cat((self.cls_token.expand(x.shape[0], -1, -1), self.dist_token.expand(x.shape[0], -1, -1), x), 1)
         return self.pos_drop(x)
 
@@ -125,3 +185,6 @@ def convert_vision_transformer(model: VisionTransformer, report: ConversionRepor
     if distilled:
         model.__class__ = EquivariantVisionTransformerDistilled
         report.add("", name, "EquivariantVisionTransformerDistilled (no pos_embed add)")
+    elif type(model) is VisionTransformer:
+        model.__class__ = EquivariantVisionTransformer
+        report.add("", name, "EquivariantVisionTransformer (no pos_embed add)")

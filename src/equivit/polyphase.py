@@ -42,7 +42,8 @@ from typing import Literal
 import torch
 
 from equivit.canonical import cyclic_rotation_rank, dense_rank
-from equivit.roll import roll_to_anchor
+from equivit.report import shape_text
+from equivit.roll import _roll, roll_to_anchor
 
 __all__ = [
     "Energy",
@@ -57,8 +58,13 @@ __all__ = [
 
 Energy = Literal["l1", "l2"]
 
-_MAX_FINE_PERIOD = 32
 _CPU_CHUNK = 2**18  # elements per slice of the float64 energy reduction on CPU
+
+# The functions below whose names start with an underscore form a TorchScript-compatible core
+# (plain positional arguments, energy as a str, no closures): the anchored layers call it, so
+# that ``torch.jit.script`` compiles converted models. The paths taken only in eager mode or
+# under ``torch.compile``/``torch.export`` (``torch.cond``, slicing on the CPU) sit in blocks
+# under ``if not torch.jit.is_scripting():``, which TorchScript skips without compiling them.
 
 
 def normalize_stride(stride: int | tuple[int, int] | list[int]) -> tuple[int, int]:
@@ -79,20 +85,34 @@ def normalize_stride(stride: int | tuple[int, int] | list[int]) -> tuple[int, in
     return pair  # type: ignore[return-value]
 
 
-def _check_input(x: torch.Tensor, stride: tuple[int, int], channels_last: bool, name: str) -> tuple[int, int]:
-    layout = "(B, H, W, C)" if channels_last else "(B, C, H, W)"
+def _require_tensor(x: object, name: str) -> None:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} expects a torch.Tensor, got {type(x).__name__}")
+
+
+def _check_energy(energy: str) -> None:
+    if energy != "l1" and energy != "l2":
+        raise ValueError(f"energy must be 'l1' or 'l2', got '{energy}'")
+
+
+def _check_input(x: torch.Tensor, stride: tuple[int, int], channels_last: bool, name: str) -> tuple[int, int]:
+    """Check that ``x`` is a 4-D floating-point map whose grid is a positive multiple of ``stride``.
+
+    Returns:
+        ``(H, W)``.
+    """
+    layout = "(B, H, W, C)" if channels_last else "(B, C, H, W)"
     if x.dim() != 4:
-        raise ValueError(f"{name} expects a 4-D tensor {layout}, got shape {tuple(x.shape)}")
-    if x.is_complex() or not (x.is_floating_point()):
+        raise ValueError(f"{name} expects a 4-D tensor {layout}, got shape {shape_text(list(x.shape))}")
+    if x.is_complex() or not x.is_floating_point():
         raise ValueError(f"{name} expects a floating-point tensor, got dtype {x.dtype}")
-    height, width = (x.shape[1], x.shape[2]) if channels_last else (x.shape[2], x.shape[3])
-    if height == 0 or width == 0 or height % stride[0] or width % stride[1]:
+    height, width = _spatial_size(x, channels_last)
+    sh, sw = stride
+    if height == 0 or width == 0 or height % sh != 0 or width % sw != 0:
         raise ValueError(
-            f"{name}: spatial size H x W = {height} x {width} of input shape {tuple(x.shape)} "
-            f"is not a positive multiple of the stride {stride}; resize or crop the input so that "
-            f"H is a multiple of {stride[0]} and W a multiple of {stride[1]} "
+            f"{name}: spatial size H x W = {height} x {width} of input shape {shape_text(list(x.shape))} "
+            f"is not a positive multiple of the stride ({sh}, {sw}); resize or crop the input so that "
+            f"H is a multiple of {sh} and W a multiple of {sw} "
             f"(zero padding would break shift equivariance)"
         )
     return height, width
@@ -105,11 +125,55 @@ def fine_multiplier(size: int, period: int) -> int:
     period already exceeds 32). The tie-breaking energy grid has period ``m * period``.
     """
     blocks = size // period
-    return next(m for m in range(max(1, _MAX_FINE_PERIOD // period), 0, -1) if blocks % m == 0)
+    m = max(1, 32 // period)  # a literal: TorchScript reads no global ints
+    while blocks % m != 0:
+        m -= 1
+    return m
 
 
 def _accumulate_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.float32 if x.device.type == "mps" else torch.float64
+
+
+def _tracing() -> bool:
+    """Whether ``torch.compile`` or ``torch.export`` is tracing (never true in TorchScript)."""
+    return torch.compiler.is_compiling()
+
+
+def _reduce(view: torch.Tensor, dims: list[int], l1: bool, acc: torch.dtype) -> torch.Tensor:
+    if l1:
+        return torch.linalg.vector_norm(view, ord=1, dim=dims, dtype=acc)
+    return torch.sum(torch.square(view.to(acc)), dim=dims)
+
+
+def _reduce_in_slices(view: torch.Tensor, dims: list[int], l1: bool, acc: torch.dtype) -> torch.Tensor:
+    """:func:`_reduce` over cache-sized slices of the batch (eager CPU only)."""
+    per_sample = view.numel() // view.shape[0]
+    return torch.cat([_reduce(part, dims, l1, acc) for part in view.split(max(1, _CPU_CHUNK // per_sample))])
+
+
+def _energy(x: torch.Tensor, ph: int, pw: int, l1: bool, channels_last: bool) -> torch.Tensor:
+    """:func:`polyphase_energy` without its argument checks (``H``, ``W`` multiples of the period).
+
+    Shape:
+        - x: :math:`(B, C, H, W)`, or :math:`(B, H, W, C)` with ``channels_last=True``
+        - output: :math:`(B, p_h, p_w)`
+    """
+    x = x.detach()
+    height, width = _spatial_size(x, channels_last)
+    if channels_last:
+        view = x.reshape(x.shape[0], height // ph, ph, width // pw, pw, x.shape[3])
+        dims = [1, 3, 5]
+    else:
+        view = x.reshape(x.shape[0], x.shape[1], height // ph, ph, width // pw, pw)
+        dims = [1, 2, 4]
+    acc = _accumulate_dtype(x)
+    if not torch.jit.is_scripting():  # noqa: SIM102 (TorchScript skips only this exact condition)
+        if not _tracing() and x.device.type == "cpu" and x.numel() > _CPU_CHUNK:
+            # Eager CPU reductions with a float64 accumulator convert the whole input first; in
+            # cache-sized slices of the batch that costs a third to a fifth of the time.
+            return torch.nan_to_num(_reduce_in_slices(view, dims, l1, acc), nan=float("inf"))
+    return torch.nan_to_num(_reduce(view, dims, l1, acc), nan=float("inf"))
 
 
 def polyphase_energy(
@@ -137,31 +201,10 @@ def polyphase_energy(
         - output: :math:`(B, p_h, p_w)`
     """
     ph, pw = normalize_stride(period)
-    height, width = _check_input(x, (ph, pw), channels_last, "polyphase_energy")
-    x = x.detach()
-    if channels_last:
-        view = x.reshape(x.shape[0], height // ph, ph, width // pw, pw, x.shape[3])
-        dims = (1, 3, 5)
-    else:
-        view = x.reshape(x.shape[0], x.shape[1], height // ph, ph, width // pw, pw)
-        dims = (1, 2, 4)
-    if energy not in ("l1", "l2"):
-        raise ValueError(f"energy must be 'l1' or 'l2', got {energy!r}")
-    acc = _accumulate_dtype(x)
-
-    def reduce(part: torch.Tensor) -> torch.Tensor:
-        if energy == "l1":
-            return torch.linalg.vector_norm(part, ord=1, dim=dims, dtype=acc)
-        return torch.sum(torch.square(part.to(acc)), dim=dims)
-
-    if x.device.type == "cpu" and not torch.compiler.is_compiling() and x.numel() > _CPU_CHUNK:
-        # Eager CPU reductions with a float64 accumulator convert the whole input first; in
-        # cache-sized slices of the batch that costs a third to a fifth of the time.
-        per_sample = x.numel() // x.shape[0]
-        out = torch.cat([reduce(part) for part in view.split(max(1, _CPU_CHUNK // per_sample))])
-    else:
-        out = reduce(view)
-    return torch.nan_to_num(out, nan=torch.inf)
+    _require_tensor(x, "polyphase_energy")
+    _check_input(x, (ph, pw), channels_last, "polyphase_energy")
+    _check_energy(energy)
+    return _energy(x, ph, pw, energy == "l1", channels_last)
 
 
 def _channel_mix(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
@@ -178,7 +221,9 @@ def _channel_mix(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
     """
     channels = x.shape[-1] if channels_last else x.shape[1]
     index = torch.arange(channels, device=x.device)
-    weights = ((index * 5) % 4 + 1) * (1 - 2 * ((index * 3 // 2) % 2))
+    weights = (torch.remainder(index * 5, 4) + 1) * (
+        1 - 2 * torch.remainder(torch.div(index * 3, 2, rounding_mode="floor"), 2)
+    )
     acc = _accumulate_dtype(x)
     if channels_last:
         mixed = (x.detach().to(acc) * weights.to(acc)).sum(dim=-1)
@@ -187,7 +232,7 @@ def _channel_mix(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
     return mixed[:, None]
 
 
-def _fine_rank(x: torch.Tensor, stride: tuple[int, int], energy: Energy, channels_last: bool) -> torch.Tensor:
+def _fine_rank(x: torch.Tensor, sh: int, sw: int, l1: bool, channels_last: bool) -> torch.Tensor:
     """Second tier: each candidate's rank on the finer grid of period ``m * stride`` (best of its lifts).
 
     The fine grid's cells are (energy, channel-mix energy) pairs; every rotation of it is ranked
@@ -197,17 +242,17 @@ def _fine_rank(x: torch.Tensor, stride: tuple[int, int], energy: Energy, channel
     Shape:
         - output: :math:`(B, s_h, s_w)`, int64 in ``[0, m_h s_h m_w s_w)``
     """
-    (sh, sw), (height, width) = stride, _spatial_size(x, channels_last)
+    height, width = _spatial_size(x, channels_last)
     mh, mw = fine_multiplier(height, sh), fine_multiplier(width, sw)
-    fine = polyphase_energy(x, (mh * sh, mw * sw), energy=energy, channels_last=channels_last)
-    mix = polyphase_energy(_channel_mix(x, channels_last), (mh * sh, mw * sw), energy="l1")
+    fine = _energy(x, mh * sh, mw * sw, l1, channels_last)
+    mix = _energy(_channel_mix(x, channels_last), mh * sh, mw * sw, True, False)
     cells = fine.shape[1] * fine.shape[2]
     pair = dense_rank(fine.flatten(1)) * (cells + 1) + dense_rank(mix.flatten(1))
     rank = cyclic_rotation_rank(pair.view(fine.shape))
     return rank.view(fine.shape[0], mh, sh, mw, sw).amax(dim=(1, 3))
 
 
-def _pixel_rank(x: torch.Tensor, stride: tuple[int, int], channels_last: bool) -> torch.Tensor:
+def _pixel_rank(x: torch.Tensor, sh: int, sw: int, channels_last: bool) -> torch.Tensor:
     """Third tier: each candidate's rank on the full-resolution map of per-pixel statistics.
 
     Every pixel is described by (L1 norm over channels, channel mix); every rotation of that map
@@ -219,13 +264,12 @@ def _pixel_rank(x: torch.Tensor, stride: tuple[int, int], channels_last: bool) -
     Shape:
         - output: :math:`(B, s_h, s_w)`, int64 in ``[0, H W)``
     """
-    sh, sw = stride
     batch = x.shape[0]
     height, width = _spatial_size(x, channels_last)
     acc = _accumulate_dtype(x)
     l1 = torch.linalg.vector_norm(x.detach(), ord=1, dim=-1 if channels_last else 1, dtype=acc)
-    l1 = torch.nan_to_num(l1, nan=torch.inf).reshape(batch, -1)
-    mix = torch.nan_to_num(_channel_mix(x, channels_last), nan=torch.inf).reshape(batch, -1)
+    l1 = torch.nan_to_num(l1, nan=float("inf")).reshape(batch, -1)
+    mix = torch.nan_to_num(_channel_mix(x, channels_last), nan=float("inf")).reshape(batch, -1)
     pixels = height * width
     pair = dense_rank(l1) * (pixels + 1) + dense_rank(mix)
     rank = cyclic_rotation_rank(pair.view(batch, height, width))
@@ -233,7 +277,9 @@ def _pixel_rank(x: torch.Tensor, stride: tuple[int, int], channels_last: bool) -
 
 
 def _spatial_size(x: torch.Tensor, channels_last: bool) -> tuple[int, int]:
-    return (x.shape[1], x.shape[2]) if channels_last else (x.shape[2], x.shape[3])
+    if channels_last:
+        return x.shape[1], x.shape[2]
+    return x.shape[2], x.shape[3]
 
 
 def _top_is_unique(scores: torch.Tensor) -> torch.Tensor:
@@ -245,25 +291,69 @@ def _top_is_unique(scores: torch.Tensor) -> torch.Tensor:
     return ((scores == scores.amax(dim=1, keepdim=True)).sum(dim=1) == 1).all()
 
 
-def _branch(
+def _cond(
     predicate: torch.Tensor,
     if_true: Callable[..., torch.Tensor],
     if_false: Callable[..., torch.Tensor],
     operands: tuple[torch.Tensor, ...],
 ) -> torch.Tensor:
-    """``if_true(*operands)`` if ``predicate`` else ``if_false(*operands)``, traceable.
+    """``torch.cond``: the data-dependent choice, traced by ``torch.compile`` and ``torch.export`` (no graph break)."""
+    return torch.cond(predicate, if_true, if_false, operands)
 
-    Under ``torch.compile`` this is a ``torch.cond`` (no graph break). In eager mode it reads the
-    predicate: free on the CPU, one wait for the device on an accelerator.
+
+def _first_tiers(x: torch.Tensor, coarse: torch.Tensor, l1: bool, channels_last: bool) -> torch.Tensor:
+    """Scores from the coarse energies and the fine grid (lexicographic).
+
+    Shape:
+        - coarse: :math:`(B, s_h, s_w)`
+        - output: :math:`(B, s_h, s_w)`, int64
     """
-    if torch.compiler.is_compiling():
-        return torch.cond(predicate, if_true, if_false, operands)
-    return if_true(*operands) if bool(predicate) else if_false(*operands)
+    sh, sw = coarse.shape[1], coarse.shape[2]
+    height, width = _spatial_size(x, channels_last)
+    fine_cells = fine_multiplier(height, sh) * sh * fine_multiplier(width, sw) * sw
+    return cyclic_rotation_rank(coarse) * fine_cells + _fine_rank(x, sh, sw, l1, channels_last)
 
 
-def _tiered_scores(
-    x: torch.Tensor, coarse: torch.Tensor, energy: Energy, channels_last: bool, *, lazy: bool
-) -> torch.Tensor:
+def _pixel_tier_needed(x: torch.Tensor, coarse: torch.Tensor, channels_last: bool) -> bool:
+    """Whether the fine grid is coarser than the pixel grid (else the pixel tier adds nothing)."""
+    sh, sw = coarse.shape[1], coarse.shape[2]
+    height, width = _spatial_size(x, channels_last)
+    return fine_multiplier(height, sh) * sh != height or fine_multiplier(width, sw) * sw != width
+
+
+def _lazy_refine_traced(x: torch.Tensor, first: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """:func:`_lazy_refine` as a ``torch.cond`` (the branches capture ints only)."""
+    sh, sw = int(first.shape[1]), int(first.shape[2])
+    height, width = _spatial_size(x, channels_last)
+    pixels = height * width
+
+    def refine(x: torch.Tensor, first: torch.Tensor) -> torch.Tensor:
+        return first * pixels + _pixel_rank(x, sh, sw, channels_last)
+
+    def keep(x: torch.Tensor, first: torch.Tensor) -> torch.Tensor:
+        return first * pixels
+
+    return _cond(_top_is_unique(first.flatten(1)), keep, refine, (x, first))
+
+
+def _lazy_refine(x: torch.Tensor, first: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """The pixel tier, computed only when the top score of ``first`` is still tied somewhere.
+
+    Shape:
+        - first: :math:`(B, s_h, s_w)`, dense ranks
+        - output: :math:`(B, s_h, s_w)`, int64
+    """
+    if not torch.jit.is_scripting():  # noqa: SIM102 (TorchScript skips only this exact condition)
+        if _tracing():
+            return _lazy_refine_traced(x, first, channels_last)
+    height, width = _spatial_size(x, channels_last)
+    pixels = height * width
+    if bool(_top_is_unique(first.flatten(1))):
+        return first * pixels
+    return first * pixels + _pixel_rank(x, first.shape[1], first.shape[2], channels_last)
+
+
+def _tiered_scores(x: torch.Tensor, coarse: torch.Tensor, l1: bool, channels_last: bool, lazy: bool) -> torch.Tensor:
     """Scores from the three tiers: coarse energies, fine grid, full-resolution pixel map.
 
     Lexicographic: a later tier only orders candidates that the earlier ones leave equal. With
@@ -275,26 +365,15 @@ def _tiered_scores(
         - coarse: :math:`(B, s_h, s_w)`
         - output: :math:`(B, s_h, s_w)`, int64
     """
-    batch, sh, sw = coarse.shape
-    height, width = _spatial_size(x, channels_last)
-    mh, mw = fine_multiplier(height, sh), fine_multiplier(width, sw)
-    fine_cells = mh * sh * mw * sw
-    first = cyclic_rotation_rank(coarse) * fine_cells + _fine_rank(x, (sh, sw), energy, channels_last)
-    if (mh * sh, mw * sw) == (height, width):
+    first = _first_tiers(x, coarse, l1, channels_last)
+    if not _pixel_tier_needed(x, coarse, channels_last):
         return first  # the fine grid is the pixel grid: nothing finer to look at
-    pixels = height * width
+    batch, sh, sw = coarse.shape[0], coarse.shape[1], coarse.shape[2]
     first = dense_rank(first.flatten(1)).view(batch, sh, sw)  # < sh * sw, so the product below fits
-
-    def refine(x: torch.Tensor, first: torch.Tensor) -> torch.Tensor:
-        return first * pixels + _pixel_rank(x, (sh, sw), channels_last)
-
-    if not lazy:
-        return refine(x, first)
-
-    def keep(x: torch.Tensor, first: torch.Tensor) -> torch.Tensor:
-        return first * pixels
-
-    return _branch(_top_is_unique(first.flatten(1)), keep, refine, (x, first))
+    if lazy:
+        return _lazy_refine(x, first, channels_last)
+    height, width = _spatial_size(x, channels_last)
+    return first * (height * width) + _pixel_rank(x, sh, sw, channels_last)
 
 
 def anchor_scores(
@@ -327,19 +406,41 @@ def anchor_scores(
         - output: :math:`(B, s_h, s_w)`
     """
     pair = normalize_stride(stride)
+    _require_tensor(x, "anchor_scores")
     _check_input(x, pair, channels_last, "anchor_scores")
-    coarse = polyphase_energy(x, pair, energy=energy, channels_last=channels_last)
+    _check_energy(energy)
+    coarse = _energy(x, pair[0], pair[1], energy == "l1", channels_last)
     if x.shape[0] == 0:
         return torch.zeros(coarse.shape, dtype=torch.int64, device=x.device)
-    return _tiered_scores(x, coarse, energy, channels_last, lazy=False)
+    return _tiered_scores(x, coarse, energy == "l1", channels_last, False)
 
 
-def _best_phase(x: torch.Tensor, coarse: torch.Tensor, energy: Energy, channels_last: bool) -> torch.Tensor:
+def _best_phase_traced(
+    x: torch.Tensor, flat: torch.Tensor, sh: int, sw: int, l1: bool, channels_last: bool
+) -> torch.Tensor:
+    """:func:`_best_phase` as a ``torch.cond``.
+
+    The branches capture ints only: a captured tensor that an operand views, or a captured
+    dynamic batch size, cannot be traced by ``torch.export``.
+    """
+
+    def plain(x: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
+        return flat.argmax(dim=1)
+
+    def ranked(x: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
+        grid = flat.view(flat.shape[0], sh, sw)
+        return _tiered_scores(x, grid, l1, channels_last, True).flatten(1).argmax(dim=1)
+
+    return _cond(_top_is_unique(flat), plain, ranked, (x, flat))
+
+
+def _best_phase(x: torch.Tensor, coarse: torch.Tensor, l1: bool, channels_last: bool) -> torch.Tensor:
     """Flat index of the highest-scoring phase, computing the tie-break tiers only where needed.
 
     When every sample's largest coarse energy is unique, that phase also has the highest score
     (the rotated grid read from it starts with the largest value), so the ranking is skipped.
-    The decision is a :func:`_branch` (``torch.cond`` under ``torch.compile``).
+    Under ``torch.compile`` and ``torch.export`` the decision is a ``torch.cond``; elsewhere it
+    reads the predicate (free on the CPU, one wait for the device on an accelerator).
 
     Shape:
         - x: :math:`(B, C, H, W)`, or :math:`(B, H, W, C)` with ``channels_last=True``
@@ -349,14 +450,40 @@ def _best_phase(x: torch.Tensor, coarse: torch.Tensor, energy: Energy, channels_
     flat = coarse.flatten(1)
     if flat.shape[0] == 0 or flat.shape[1] == 1:
         return flat.argmax(dim=1)
-
-    def plain(x: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
+    sh, sw = coarse.shape[1], coarse.shape[2]
+    if not torch.jit.is_scripting():  # noqa: SIM102 (TorchScript skips only this exact condition)
+        if _tracing():
+            return _best_phase_traced(x, flat, sh, sw, l1, channels_last)
+    if bool(_top_is_unique(flat)):
         return flat.argmax(dim=1)
+    return _tiered_scores(x, coarse, l1, channels_last, True).flatten(1).argmax(dim=1)
 
-    def ranked(x: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
-        return _tiered_scores(x, flat.view(coarse.shape), energy, channels_last, lazy=True).flatten(1).argmax(dim=1)
 
-    return _branch(_top_is_unique(flat), plain, ranked, (x, flat))
+def _anchor_offsets(x: torch.Tensor, sh: int, sw: int, energy: str, channels_last: bool) -> torch.Tensor:
+    """:func:`anchor_offsets` for the layers: positional arguments, TorchScript-compatible.
+
+    Shape:
+        - x: :math:`(B, C, H, W)`, or :math:`(B, H, W, C)` with ``channels_last=True``
+        - output: :math:`(B, 2)`
+    """
+    _check_input(x, (sh, sw), channels_last, "anchor_offsets")
+    _check_energy(energy)
+    coarse = _energy(x, sh, sw, energy == "l1", channels_last)
+    best = _best_phase(x, coarse, energy == "l1", channels_last)
+    return torch.stack((torch.div(best, sw, rounding_mode="floor"), torch.remainder(best, sw)), dim=1)
+
+
+def _polyphase_anchor(
+    x: torch.Tensor, sh: int, sw: int, energy: str, channels_last: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`polyphase_anchor` for the layers: positional arguments, TorchScript-compatible.
+
+    Shape:
+        - x: :math:`(B, C, H, W)`, or :math:`(B, H, W, C)` with ``channels_last=True``
+        - output: same as ``x``, and :math:`(B, 2)`
+    """
+    offsets = _anchor_offsets(x, sh, sw, energy, channels_last)
+    return _roll(x, offsets, channels_last, 1, (0, 0)), offsets
 
 
 def anchor_offsets(
@@ -382,10 +509,8 @@ def anchor_offsets(
         - output: :math:`(B, 2)`
     """
     pair = normalize_stride(stride)
-    _check_input(x, pair, channels_last, "anchor_offsets")
-    coarse = polyphase_energy(x, pair, energy=energy, channels_last=channels_last)
-    best = _best_phase(x, coarse, energy, channels_last)
-    return torch.stack((torch.div(best, pair[1], rounding_mode="floor"), torch.remainder(best, pair[1])), dim=1)
+    _require_tensor(x, "anchor_offsets")
+    return _anchor_offsets(x, pair[0], pair[1], energy, channels_last)
 
 
 def unresolved_ties(

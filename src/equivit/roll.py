@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from equivit.report import dtype_name, shape_text
+
 __all__ = ["roll_from_anchor", "roll_to_anchor"]
 
 
@@ -33,14 +35,14 @@ def _flat_index(
 def _check(x: torch.Tensor, offsets: torch.Tensor, channels_last: bool) -> None:
     layout = "(B, H, W, C)" if channels_last else "(B, C, H, W)"
     if x.dim() != 4:
-        raise ValueError(f"expected a 4-D tensor {layout}, got shape {tuple(x.shape)}")
+        raise ValueError(f"expected a 4-D tensor {layout}, got shape {shape_text(list(x.shape))}")
     if offsets.dim() != 2 or offsets.shape[1] != 2 or offsets.shape[0] != x.shape[0]:
         raise ValueError(
             f"offsets must have shape (B, 2) = ({x.shape[0]}, 2) for an input of shape "
-            f"{tuple(x.shape)}, got {tuple(offsets.shape)}"
+            f"{shape_text(list(x.shape))}, got {shape_text(list(offsets.shape))}"
         )
     if offsets.dtype != torch.int64:
-        raise ValueError(f"offsets must be int64 (as polyphase_anchor returns them), got {offsets.dtype}")
+        raise ValueError(f"offsets must be int64 (as polyphase_anchor returns them), got {dtype_name(offsets.dtype)}")
 
 
 def _roll(

@@ -13,7 +13,9 @@ from torch import nn
 from equivit.layers.anchored_pool import keeps_grid
 from equivit.layers.circular_conv import CircularConv2d, make_circular
 from equivit.layers.pos_conv import make_conv_circular
-from equivit.polyphase import Energy, polyphase_anchor
+from equivit.layers.sharing import parent_method
+from equivit.polyphase import Energy, _polyphase_anchor
+from equivit.report import shape_text
 
 __all__ = ["AnchoredBasicBlock", "AnchoredBottleneck"]
 
@@ -22,13 +24,13 @@ BlockT = TypeVar("BlockT", bound=nn.Module)
 
 def _check_input(x: torch.Tensor, stride: int, name: str) -> None:
     if x.dim() != 4:
-        raise ValueError(f"{name} expects a 4-D tensor (B, C, H, W), got shape {tuple(x.shape)}")
+        raise ValueError(f"{name} expects a 4-D tensor (B, C, H, W), got shape {shape_text(list(x.shape))}")
     height, width = x.shape[2], x.shape[3]
-    if height == 0 or width == 0 or height % stride or width % stride:
+    if height == 0 or width == 0 or height % stride != 0 or width % stride != 0:
         raise ValueError(
-            f"{name}: spatial size H x W = {height} x {width} of input shape {tuple(x.shape)} is not a positive "
-            f"multiple of the block stride {stride}; the image must be a multiple of the product of all strides "
-            "up to this block"
+            f"{name}: spatial size H x W = {height} x {width} of input shape {shape_text(list(x.shape))} is not a "
+            f"positive multiple of the block stride {stride}; the image must be a multiple of the product of all "
+            "strides up to this block"
         )
 
 
@@ -97,8 +99,6 @@ class _AnchoredBlock(nn.Module):
 
     equivit_anchored_children: ClassVar[tuple[str, ...]]
     timm_block: ClassVar[type[nn.Module]]
-    energy: Energy
-    stride: int
 
     def __init__(
         self,
@@ -151,9 +151,17 @@ class _AnchoredBlock(nn.Module):
         Raises:
             ValueError: If ``x`` is not 4-D or its size is not a multiple of the stride.
         """
-        _check_input(x, self.stride, type(self).__name__)
-        anchored, _ = polyphase_anchor(x, self.stride, energy=self.energy)
-        return super().forward(anchored)
+        _check_input(x, self.stride, self._block_name())
+        anchored, _ = _polyphase_anchor(x, self.stride, self.stride, self.energy, False)
+        return self._timm_forward(anchored)
+
+    def _block_name(self) -> str:
+        """The class name, for messages (TorchScript cannot read ``type(self).__name__``)."""
+        raise NotImplementedError
+
+    def _timm_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The ``forward`` of the timm block (each subclass refers to its timm parent's function)."""
+        raise NotImplementedError
 
     def extra_repr(self) -> str:
         """The anchoring period and energy."""
@@ -198,6 +206,10 @@ class AnchoredBasicBlock(_AnchoredBlock, BasicBlock):
 
     equivit_anchored_children: ClassVar[tuple[str, ...]] = ("conv1", "downsample")
     timm_block: ClassVar[type[nn.Module]] = BasicBlock
+    _timm_forward = parent_method(BasicBlock.forward, "_timm_forward")
+
+    def _block_name(self) -> str:
+        return "AnchoredBasicBlock"
 
 
 class AnchoredBottleneck(_AnchoredBlock, Bottleneck):
@@ -236,3 +248,7 @@ class AnchoredBottleneck(_AnchoredBlock, Bottleneck):
 
     equivit_anchored_children: ClassVar[tuple[str, ...]] = ("conv2", "downsample")
     timm_block: ClassVar[type[nn.Module]] = Bottleneck
+    _timm_forward = parent_method(Bottleneck.forward, "_timm_forward")
+
+    def _block_name(self) -> str:
+        return "AnchoredBottleneck"

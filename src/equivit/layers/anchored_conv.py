@@ -8,8 +8,8 @@ from torch import nn
 
 from equivit.layers.circular_conv import CircularConv2d
 from equivit.layers.sharing import take_over
-from equivit.polyphase import Energy, anchor_offsets, polyphase_anchor
-from equivit.roll import roll_to_anchor
+from equivit.polyphase import Energy, _anchor_offsets, _polyphase_anchor
+from equivit.roll import _roll
 
 __all__ = ["AnchoredConv2d"]
 
@@ -76,7 +76,7 @@ class AnchoredConv2d(CircularConv2d):
             )
         if energy not in ("l1", "l2"):
             raise ValueError(f"energy must be 'l1' or 'l2', got {energy!r}")
-        self.energy: Energy = energy
+        self.energy: str = energy
 
     @classmethod
     def from_conv(cls, conv: nn.Conv2d, *, energy: Energy = "l1", padding_mode: str | None = None) -> AnchoredConv2d:
@@ -117,13 +117,14 @@ class AnchoredConv2d(CircularConv2d):
         Raises:
             ValueError: If ``x`` is not 4-D or its size is not a multiple of the stride.
         """
-        pad_h, pad_w = self.padding  # type: ignore[misc]
-        if self.padding_mode != "circular" or not (pad_h or pad_w) or x.dim() != 4:
-            anchored, _ = polyphase_anchor(x, self.stride, energy=self.energy)  # type: ignore[arg-type]
-            return super().forward(anchored)
+        pad_h, pad_w = self.padding[0], self.padding[1]  # type: ignore[index]
+        sh, sw = self.stride[0], self.stride[1]
+        if self.padding_mode != "circular" or (pad_h == 0 and pad_w == 0) or x.dim() != 4:
+            anchored, _ = _polyphase_anchor(x, sh, sw, self.energy, False)
+            return self._conv_forward(anchored, self.weight, self.bias)
         # Roll to the anchor and pad circularly in one gather, then convolve without padding.
-        offsets = anchor_offsets(x, self.stride, energy=self.energy)  # type: ignore[arg-type]
-        padded = roll_to_anchor(x, offsets, padding=(pad_h, pad_w))
+        offsets = _anchor_offsets(x, sh, sw, self.energy, False)
+        padded = _roll(x, offsets, False, 1, (pad_h, pad_w))
         return F.conv2d(padded, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
 
     def extra_repr(self) -> str:

@@ -6,8 +6,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from equivit.polyphase import Energy, anchor_offsets, normalize_stride
-from equivit.roll import roll_to_anchor
+from equivit.polyphase import Energy, _anchor_offsets, normalize_stride
+from equivit.report import shape_text
+from equivit.roll import _roll
 
 __all__ = ["AnchoredMaxPool2d", "keeps_grid"]
 
@@ -92,7 +93,10 @@ class AnchoredMaxPool2d(nn.MaxPool2d):
             )
         if energy not in ("l1", "l2"):
             raise ValueError(f"energy must be 'l1' or 'l2', got {energy!r}")
-        self.energy: Energy = energy
+        self.energy: str = energy
+        # The stride and padding as pairs of ints (nn.MaxPool2d keeps an int or a pair), typed for TorchScript.
+        self.period: tuple[int, int] = step
+        self.circular_padding: tuple[int, int] = pad
 
     @classmethod
     def from_pool(cls, pool: nn.MaxPool2d, *, energy: Energy = "l1") -> AnchoredMaxPool2d:
@@ -131,18 +135,21 @@ class AnchoredMaxPool2d(nn.MaxPool2d):
         Raises:
             ValueError: If ``x`` is not 4-D or its size is not a multiple of the stride.
         """
-        stride = _pair(self.stride)
+        sh, sw = self.period
         if x.dim() != 4:
-            raise ValueError(f"AnchoredMaxPool2d expects a 4-D tensor (B, C, H, W), got shape {tuple(x.shape)}")
-        if x.shape[2] % stride[0] or x.shape[3] % stride[1] or x.shape[2] == 0 or x.shape[3] == 0:
             raise ValueError(
-                f"AnchoredMaxPool2d: spatial size H x W = {x.shape[2]} x {x.shape[3]} of input shape "
-                f"{tuple(x.shape)} is not a positive multiple of the stride {stride}"
+                f"AnchoredMaxPool2d expects a 4-D tensor (B, C, H, W), got shape {shape_text(list(x.shape))}"
+            )
+        height, width = x.shape[2], x.shape[3]
+        if height % sh != 0 or width % sw != 0 or height == 0 or width == 0:
+            raise ValueError(
+                f"AnchoredMaxPool2d: spatial size H x W = {height} x {width} of input shape "
+                f"{shape_text(list(x.shape))} is not a positive multiple of the stride ({sh}, {sw})"
             )
         # Roll to the anchor and pad circularly in one gather, then pool without padding.
-        offsets = anchor_offsets(x, stride, energy=self.energy)
-        anchored = roll_to_anchor(x, offsets, padding=_pair(self.padding))
-        return F.max_pool2d(anchored, self.kernel_size, stride, 0, self.dilation)
+        offsets = _anchor_offsets(x, sh, sw, self.energy, False)
+        anchored = _roll(x, offsets, False, 1, self.circular_padding)
+        return F.max_pool2d(anchored, self.kernel_size, self.period, 0, self.dilation)
 
     def extra_repr(self) -> str:
         """MaxPool2d's description plus the circular padding and the energy."""

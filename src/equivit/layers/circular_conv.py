@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from equivit.layers.sharing import parent_method
 
 __all__ = ["CircularConv2d", "circular_conv2d", "make_circular"]
 
@@ -14,7 +14,7 @@ __all__ = ["CircularConv2d", "circular_conv2d", "make_circular"]
 def _take(x: torch.Tensor, dim: int, start: int, stop: int) -> torch.Tensor:
     """``x`` at indices ``start .. stop - 1`` (modulo its size) along ``dim``, from slices (keeps the layout)."""
     size = x.shape[dim]
-    parts = []
+    parts: list[torch.Tensor] = []
     while start < stop:
         first = start % size
         length = min(size - first, stop - start)
@@ -23,12 +23,13 @@ def _take(x: torch.Tensor, dim: int, start: int, stop: int) -> torch.Tensor:
     return parts[0] if len(parts) == 1 else torch.cat(parts, dim=dim)
 
 
-def _pad_circular(x: torch.Tensor, ph: int, pw: int, layout: torch.memory_format) -> torch.Tensor:
-    """``x`` padded circularly, in one pass when the padding fits the grid, in ``layout``."""
-    height, width = x.shape[-2:]
+def _pad_circular(x: torch.Tensor, ph: int, pw: int, channels_last: bool) -> torch.Tensor:
+    """``x`` padded circularly, in one pass when the padding fits the grid, channels-last or contiguous."""
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    height, width = x.shape[-2], x.shape[-1]
     if ph > height or pw > width:
         return _take(_take(x, -2, -ph, height + ph), -1, -pw, width + pw).contiguous(memory_format=layout)
-    shape = (*x.shape[:-2], height + 2 * ph, width + 2 * pw)
+    shape = list(x.shape[:-2]) + [height + 2 * ph, width + 2 * pw]  # noqa: RUF005 (TorchScript: no unpacking)
     padded = torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=layout)
     padded[..., ph : ph + height, pw : pw + width] = x
     padded[..., :ph, pw : pw + width] = x[..., height - ph :, :]
@@ -36,6 +37,33 @@ def _pad_circular(x: torch.Tensor, ph: int, pw: int, layout: torch.memory_format
     padded[..., :, :pw] = padded[..., :, width : width + pw]
     padded[..., :, pw + width :] = padded[..., :, pw : 2 * pw]
     return padded
+
+
+def _strip_conv(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    dilation: tuple[int, int],
+    groups: int,
+    channels_last: bool,
+    dim: int,
+    first: int,
+    last: int,
+) -> torch.Tensor:
+    """Output rows (``dim=-2``) or columns (``dim=-1``) ``[first, last)`` of :func:`circular_conv2d`.
+
+    All of the other axis. Convolves a thin strip of the input taken modulo the grid, padded circularly
+    along the other axis.
+    """
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    other = -1 if dim == -2 else -2
+    axis = 0 if dim == -2 else 1
+    step, pad, reach = stride[axis], padding[axis], dilation[axis] * (weight.shape[dim] - 1)
+    strip = _take(x, dim, first * step - pad, (last - 1) * step - pad + reach + 1)
+    strip = _take(strip, other, -padding[1 - axis], x.shape[other] + padding[1 - axis]).contiguous(memory_format=layout)
+    return F.conv2d(strip, weight, bias, stride, 0, dilation, groups)
 
 
 def circular_conv2d(
@@ -74,55 +102,52 @@ def circular_conv2d(
         - x: :math:`(B, C_{in}, H, W)`
         - output: :math:`(B, C_{out}, H_{out}, W_{out})` as for ``F.conv2d`` with the same padding
     """
-    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
+    sh, sw, ph, pw = stride[0], stride[1], padding[0], padding[1]
     if ph == 0 and pw == 0:
         return F.conv2d(x, weight, bias, stride, 0, dilation, groups)
-    height, width = x.shape[-2:]
-    layout = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+    height, width = x.shape[-2], x.shape[-1]
+    channels_last = x.is_contiguous(memory_format=torch.channels_last)  # the padded copies keep the layout
     depthwise = groups > 1 and groups == x.shape[1]
     if not depthwise or height <= 4 * ph or width <= 4 * pw:
         # A dense convolution costs far more than copying its input once, and recomputing its
         # border would add a share of its work that grows as the grid shrinks: pad by copying
         # (wrapping as often as a small grid needs), keeping the layout.
-        return F.conv2d(_pad_circular(x, ph, pw, layout), weight, bias, stride, 0, dilation, groups)
+        return F.conv2d(_pad_circular(x, ph, pw, channels_last), weight, bias, stride, 0, dilation, groups)
     out = F.conv2d(x, weight, bias, stride, padding, dilation, groups)
-    out_h, out_w = out.shape[-2:]
-    reach_h, reach_w = dh * (weight.shape[-2] - 1), dw * (weight.shape[-1] - 1)
+    out_h, out_w = out.shape[-2], out.shape[-1]
+    reach_h, reach_w = dilation[0] * (weight.shape[-2] - 1), dilation[1] * (weight.shape[-1] - 1)
     # Output rows [top, bottom) and columns [left, right) never see the padding.
-    top, left = min(out_h, math.ceil(ph / sh)), min(out_w, math.ceil(pw / sw))
+    top, left = min(out_h, (ph + sh - 1) // sh), min(out_w, (pw + sw - 1) // sw)
     bottom = max(top, min(out_h, (height - 1 + ph - reach_h) // sh + 1))
     right = max(left, min(out_w, (width - 1 + pw - reach_w) // sw + 1))
-
-    def rows_strip(first: int, last: int) -> torch.Tensor:  # output rows [first, last), every column
-        strip = _take(x, -2, first * sh - ph, (last - 1) * sh - ph + reach_h + 1)
-        strip = _take(strip, -1, -pw, width + pw).contiguous(memory_format=layout)
-        return F.conv2d(strip, weight, bias, stride, 0, dilation, groups)
-
-    def cols_strip(first: int, last: int) -> torch.Tensor:  # output columns [first, last), every row
-        strip = _take(x, -1, first * sw - pw, (last - 1) * sw - pw + reach_w + 1)
-        strip = _take(strip, -2, -ph, height + ph).contiguous(memory_format=layout)
-        return F.conv2d(strip, weight, bias, stride, 0, dilation, groups)
-
-    if (sh, sw) == (1, 1) and (out_h, out_w) == (height, width):
+    if sh == 1 and sw == 1 and out_h == height and out_w == width:
         # Same-size output: the bottom rows and then the top ones are one wrapped run of rows
         # (likewise the columns), so two strip convolutions do instead of four.
         if top > 0 or bottom < out_h:
-            rows = rows_strip(bottom, out_h + top)
+            rows = _strip_conv(
+                x, weight, bias, stride, padding, dilation, groups, channels_last, -2, bottom, out_h + top
+            )
             out[..., bottom:, :] = rows[..., : out_h - bottom, :]
             out[..., :top, :] = rows[..., out_h - bottom :, :]
         if left > 0 or right < out_w:
-            cols = cols_strip(right, out_w + left)
+            cols = _strip_conv(
+                x, weight, bias, stride, padding, dilation, groups, channels_last, -1, right, out_w + left
+            )
             out[..., :, right:] = cols[..., : out_w - right]
             out[..., :, :left] = cols[..., out_w - right :]
         return out
     if top > 0:
-        out[..., :top, :] = rows_strip(0, top)
+        out[..., :top, :] = _strip_conv(x, weight, bias, stride, padding, dilation, groups, channels_last, -2, 0, top)
     if bottom < out_h:
-        out[..., bottom:, :] = rows_strip(bottom, out_h)
+        out[..., bottom:, :] = _strip_conv(
+            x, weight, bias, stride, padding, dilation, groups, channels_last, -2, bottom, out_h
+        )
     if left > 0:
-        out[..., :, :left] = cols_strip(0, left)
+        out[..., :, :left] = _strip_conv(x, weight, bias, stride, padding, dilation, groups, channels_last, -1, 0, left)
     if right < out_w:
-        out[..., :, right:] = cols_strip(right, out_w)
+        out[..., :, right:] = _strip_conv(
+            x, weight, bias, stride, padding, dilation, groups, channels_last, -1, right, out_w
+        )
     return out
 
 
@@ -140,9 +165,11 @@ class CircularConv2d(nn.Conv2d):
         - output: :math:`(B, C_{out}, H_{out}, W_{out})` as for ``nn.Conv2d``
     """
 
+    _conv2d_forward = parent_method(nn.Conv2d._conv_forward, "_conv2d_forward")
+
     def _conv_forward(self, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         if self.padding_mode != "circular":
-            return super()._conv_forward(input, weight, bias)
+            return self._conv2d_forward(input, weight, bias)
         return circular_conv2d(
             input,
             weight,

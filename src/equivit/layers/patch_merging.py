@@ -6,16 +6,14 @@ import torch
 from timm.models import swin_transformer, swin_transformer_v2
 from torch import nn
 
-from equivit.layers.sharing import retype
-from equivit.polyphase import Energy, polyphase_anchor
+from equivit.layers.sharing import parent_method, retype
+from equivit.polyphase import Energy, _polyphase_anchor
 
 __all__ = ["AnchoredPatchMerging", "AnchoredPatchMergingV2", "anchored_patch_merging"]
 
 
 class _AnchorFirst(nn.Module):
     """Anchor the channels-last grid with period 2, then run timm's merging (whose padding is then a no-op)."""
-
-    energy: Energy
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Anchor with period 2, merge 2 x 2 tokens, project and normalise as timm does.
@@ -29,8 +27,12 @@ class _AnchorFirst(nn.Module):
         Raises:
             ValueError: If ``x`` is not 4-D or its grid is not even.
         """
-        x, _ = polyphase_anchor(x, 2, energy=self.energy, channels_last=True)
-        return super().forward(x)  # type: ignore[misc]
+        x, _ = _polyphase_anchor(x, 2, 2, self.energy, True)
+        return self._timm_forward(x)
+
+    def _timm_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The merging of the timm module (each subclass refers to its timm parent's function)."""
+        raise NotImplementedError
 
 
 class AnchoredPatchMerging(_AnchorFirst, swin_transformer.PatchMerging):
@@ -48,6 +50,8 @@ class AnchoredPatchMerging(_AnchorFirst, swin_transformer.PatchMerging):
         - output: :math:`(B, H/2, W/2, C_{out})`
     """
 
+    _timm_forward = parent_method(swin_transformer.PatchMerging.forward, "_timm_forward")
+
 
 class AnchoredPatchMergingV2(_AnchorFirst, swin_transformer_v2.PatchMerging):
     r"""Swin v2's ``PatchMerging`` (projection before the norm), anchored as :class:`AnchoredPatchMerging`.
@@ -56,6 +60,8 @@ class AnchoredPatchMergingV2(_AnchorFirst, swin_transformer_v2.PatchMerging):
         - x: :math:`(B, H, W, C)`, ``H`` and ``W`` even
         - output: :math:`(B, H/2, W/2, C_{out})`
     """
+
+    _timm_forward = parent_method(swin_transformer_v2.PatchMerging.forward, "_timm_forward")
 
 
 def anchored_patch_merging(

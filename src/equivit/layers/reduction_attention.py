@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from timm.models.pvt_v2 import Attention
 
 from equivit.layers.sharing import retype
-from equivit.polyphase import Energy, polyphase_anchor
+from equivit.polyphase import Energy, _polyphase_anchor
 
 __all__ = ["AnchoredSpatialReductionAttn"]
 
@@ -33,7 +33,6 @@ class AnchoredSpatialReductionAttn(Attention):
     """
 
     equivit_anchored_children: ClassVar[tuple[str, ...]] = ("sr", "pool")
-    energy: Energy
 
     @classmethod
     def from_timm(cls, module: Attention, *, energy: Energy = "l1") -> AnchoredSpatialReductionAttn:
@@ -55,7 +54,7 @@ class AnchoredSpatialReductionAttn(Attention):
         new.energy = energy
         return new
 
-    def period(self, feat_size: tuple[int, int] | list[int]) -> tuple[int, int]:
+    def period(self, feat_size: list[int]) -> tuple[int, int]:
         """The anchoring period of the key/value reduction on a grid of ``feat_size``.
 
         Raises:
@@ -90,7 +89,8 @@ class AnchoredSpatialReductionAttn(Attention):
         q = self.q(x).reshape(batch, tokens, self.num_heads, -1).permute(0, 2, 1, 3)
         if self.sr is not None:
             grid = x.reshape(batch, height, width, channels)
-            grid, _ = polyphase_anchor(grid, self.period(feat_size), energy=self.energy, channels_last=True)
+            period = self.period(feat_size)
+            grid, _ = _polyphase_anchor(grid, period[0], period[1], self.energy, True)
             grid = grid.permute(0, 3, 1, 2)
             if self.pool is not None:
                 grid = self.pool(grid)

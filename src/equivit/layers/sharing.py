@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import copy
-from typing import TypeVar
+import types
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from torch import nn
 
-__all__ = ["retype", "take_over"]
+__all__ = ["parent_method", "retype", "take_over"]
 
 ModuleT = TypeVar("ModuleT", bound=nn.Module)
 
@@ -58,3 +60,32 @@ def retype(module: nn.Module, cls: type[ModuleT]) -> ModuleT:
         {key: copy.copy(value) if isinstance(value, (dict, set)) else value for key, value in module.__dict__.items()}
     )
     return new
+
+
+def parent_method(function: Callable[..., Any], name: str) -> Callable[..., Any]:
+    """A parent class's method under another name, to be called as ``self.<name>(...)`` instead of ``super()``.
+
+    TorchScript compiles neither ``super()`` nor ``Parent.method(self, ...)``, but it compiles a
+    method that a class attribute refers to, under that function's name. An anchored layer that
+    runs timm's computation after its own (``forward`` after anchoring) keeps timm's function as
+    a class attribute made with this, so the same call works in eager mode, under
+    ``torch.compile`` and in TorchScript. The function is the parent's own code (same code
+    object, globals and defaults), only renamed, so that it does not clash with the method that
+    calls it.
+
+    Args:
+        function: The parent class's function, for example ``BasicBlock.forward``.
+        name: The attribute name it will have on the subclass.
+
+    Returns:
+        The renamed function.
+    """
+    renamed = types.FunctionType(
+        function.__code__, function.__globals__, name, function.__defaults__, function.__closure__
+    )
+    renamed.__kwdefaults__ = function.__kwdefaults__
+    renamed.__annotations__ = dict(function.__annotations__)
+    renamed.__qualname__ = name
+    renamed.__module__ = function.__module__
+    renamed.__doc__ = function.__doc__
+    return renamed

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from timm.models.twins import GlobalSubSampleAttn
 
 from equivit.layers.sharing import take_over
-from equivit.polyphase import Energy, polyphase_anchor
+from equivit.polyphase import Energy, _polyphase_anchor
 
 __all__ = ["AnchoredGlobalSubSampleAttn"]
 
@@ -53,7 +53,7 @@ class AnchoredGlobalSubSampleAttn(GlobalSubSampleAttn):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__(dim, num_heads, attn_drop, proj_drop, sr_ratio, device=device, dtype=dtype)
-        self.energy: Energy = energy
+        self.energy: str = energy
 
     @classmethod
     def from_timm(cls, module: GlobalSubSampleAttn, *, energy: Energy = "l1") -> AnchoredGlobalSubSampleAttn:
@@ -105,8 +105,8 @@ class AnchoredGlobalSubSampleAttn(GlobalSubSampleAttn):
                     f"{self.sr_ratio}: the input image must be a multiple of {self.sr_ratio} times this "
                     "stage's stride"
                 )
-            grid, _ = polyphase_anchor(
-                x.reshape(batch, height, width, channels), self.sr_ratio, energy=self.energy, channels_last=True
+            grid, _ = _polyphase_anchor(
+                x.reshape(batch, height, width, channels), self.sr_ratio, self.sr_ratio, self.energy, True
             )
             x = self.sr(grid.permute(0, 3, 1, 2)).flatten(2).transpose(1, 2)
             x = self.norm(x)

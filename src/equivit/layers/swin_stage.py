@@ -11,9 +11,9 @@ from timm.models.swin_transformer_v2 import SwinTransformerV2Block, SwinTransfor
 from torch import nn
 
 from equivit.layers.patch_merging import anchored_patch_merging
-from equivit.layers.sharing import retype
-from equivit.polyphase import Energy, polyphase_anchor
-from equivit.roll import roll_from_anchor
+from equivit.layers.sharing import parent_method, retype
+from equivit.polyphase import Energy, _polyphase_anchor, polyphase_anchor
+from equivit.roll import _roll, roll_from_anchor
 
 __all__ = [
     "AnchoredSwinStage",
@@ -27,9 +27,9 @@ __all__ = [
 class _CircularWindows(nn.Module):
     """No attention mask, and no padding: timm's cyclic window shift on a torus."""
 
-    window_size: tuple[int, int]
-
-    def get_attn_mask(self, x: torch.Tensor | None = None, **kwargs: object) -> None:
+    def get_attn_mask(
+        self, x: torch.Tensor | None = None, device: torch.device | None = None, dtype: torch.dtype | None = None
+    ) -> torch.Tensor | None:
         """No mask: on a torus there is no border to hide."""
         return None
 
@@ -46,7 +46,11 @@ class _CircularWindows(nn.Module):
                 f"token grid {height} x {width} is not a multiple of the window {wh} x {ww}; the input image "
                 "must be a multiple of equivit_report.input_multiple (padding would break shift equivariance)"
             )
-        return super()._attn(x)  # type: ignore[misc]
+        return self._timm_attn(x)
+
+    def _timm_attn(self, x: torch.Tensor) -> torch.Tensor:
+        """The window attention of the timm block (each subclass refers to its timm parent's function)."""
+        raise NotImplementedError
 
 
 class CircularSwinTransformerBlock(_CircularWindows, SwinTransformerBlock):
@@ -62,6 +66,8 @@ class CircularSwinTransformerBlock(_CircularWindows, SwinTransformerBlock):
         - x: :math:`(B, H, W, C)`, ``H`` and ``W`` multiples of the window size
         - output: :math:`(B, H, W, C)`
     """
+
+    _timm_attn = parent_method(SwinTransformerBlock._attn, "_timm_attn")
 
     @classmethod
     def from_timm(cls, block: nn.Module) -> CircularSwinTransformerBlock | CircularSwinTransformerV2Block:
@@ -95,15 +101,14 @@ class CircularSwinTransformerV2Block(_CircularWindows, SwinTransformerV2Block):
         - output: :math:`(B, H, W, C)`
     """
 
+    _timm_attn = parent_method(SwinTransformerV2Block._attn, "_timm_attn")
+
 
 class _AnchoredWindows(nn.Module):
     """Merge (anchored), anchor the grid with period = window, run the blocks, roll back."""
 
     equivit_anchored_children: ClassVar[tuple[str, ...]] = ("downsample", "blocks")
-    energy: Energy
-    downsample: nn.Module
-    blocks: nn.Module
-    grad_checkpointing: bool
+    __jit_unused_properties__: ClassVar[list[str]] = ["window_size"]  # TorchScript reads _scripted_window
 
     @property
     def window_size(self) -> tuple[int, int]:
@@ -124,11 +129,24 @@ class _AnchoredWindows(nn.Module):
             ValueError: If the grid is not a multiple of (2 if merging) x window.
         """
         x = self.downsample(x)
-        x, offsets = polyphase_anchor(x, self.window_size, energy=self.energy, channels_last=True)
-        use_checkpoint = self.grad_checkpointing and not torch.jit.is_scripting()
+        if not torch.jit.is_scripting():  # (TorchScript does not compile this block)
+            # The public functions, which FX records as single calls when it traces the stage.
+            x, offsets = polyphase_anchor(x, self.window_size, energy=self.energy, channels_last=True)
+            for block in self.blocks:  # type: ignore[attr-defined]
+                x = checkpoint(block, x) if self.grad_checkpointing else block(x)
+            return roll_from_anchor(x, offsets, channels_last=True)
+        window = self._scripted_window()
+        x, offsets = _polyphase_anchor(x, window[0], window[1], self.energy, True)
         for block in self.blocks:  # type: ignore[attr-defined]
-            x = checkpoint(block, x) if use_checkpoint else block(x)
-        return roll_from_anchor(x, offsets, channels_last=True)
+            x = block(x)
+        return _roll(x, offsets, True, -1, (0, 0))
+
+    def _scripted_window(self) -> tuple[int, int]:
+        """:attr:`window_size` in a form TorchScript compiles (every block of a stage has the same window)."""
+        size = (1, 1)
+        for block in self.blocks:  # type: ignore[attr-defined]
+            size = (block.window_size[0], block.window_size[1])
+        return size
 
 
 class AnchoredSwinStage(_AnchoredWindows, SwinTransformerStage):

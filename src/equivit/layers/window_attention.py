@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 from timm.models.twins import LocallyGroupedAttn
 
-from equivit.layers.sharing import take_over
-from equivit.polyphase import Energy, anchor_offsets
+from equivit.layers.sharing import parent_method, take_over
+from equivit.polyphase import Energy, _anchor_offsets
 
 __all__ = ["AnchoredLocallyGroupedAttn", "window_order_indices"]
 
@@ -52,7 +52,7 @@ class AnchoredLocallyGroupedAttn(LocallyGroupedAttn):
         if ws < 2:
             raise ValueError(f"window size ws must be at least 2, got {ws}")
         super().__init__(dim, num_heads, attn_drop, proj_drop, ws, device=device, dtype=dtype)
-        self.energy: Energy = energy
+        self.energy: str = energy
 
     @classmethod
     def from_timm(cls, module: LocallyGroupedAttn, *, energy: Energy = "l1") -> AnchoredLocallyGroupedAttn:
@@ -75,6 +75,8 @@ class AnchoredLocallyGroupedAttn(LocallyGroupedAttn):
             device="meta",
         )  # fmt: skip
         return take_over(new, module)
+
+    _timm_forward = parent_method(LocallyGroupedAttn.forward, "_timm_forward")
 
     def forward(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """Anchor the token grid with period ``ws``, attend within windows, roll back.
@@ -100,10 +102,8 @@ class AnchoredLocallyGroupedAttn(LocallyGroupedAttn):
                 "(padding to a window multiple would break shift equivariance)"
             )
         if height == self.ws and width == self.ws:  # one window: attention over a set of tokens
-            return super().forward(x, size)
-        offsets = anchor_offsets(
-            x.reshape(batch, height, width, channels), self.ws, energy=self.energy, channels_last=True
-        )
+            return self._timm_forward(x, size)
+        offsets = _anchor_offsets(x.reshape(batch, height, width, channels), self.ws, self.ws, self.energy, True)
         # One row copy takes the tokens from the anchored grid straight into window order, and one
         # takes them back: the same number of passes as timm's padding and window transposes.
         gather, scatter = window_order_indices(offsets, (height, width), self.ws)
@@ -121,14 +121,15 @@ class AnchoredLocallyGroupedAttn(LocallyGroupedAttn):
         """
         batch, count, length, channels = windows.shape
         heads = self.num_heads
-        qkv = self.qkv(windows).reshape(batch, count, length, 3, heads, channels // heads).permute(3, 0, 1, 4, 2, 5)
-        q, k, v = qkv.unbind(0)
+        # Windows of all samples as one 4-D batch: the shape fused attention kernels and ONNX expect.
+        qkv = self.qkv(windows.reshape(batch * count, length, channels))
+        q, k, v = qkv.reshape(batch * count, length, 3, heads, channels // heads).permute(2, 0, 3, 1, 4).unbind(0)
         if self.fused_attn:
             out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop.p if self.training else 0.0)
         else:
             attn = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
             out = self.attn_drop(attn) @ v
-        return out.transpose(2, 3).reshape(batch, count, length, channels)
+        return out.transpose(1, 2).reshape(batch, count, length, channels)
 
 
 def window_order_indices(

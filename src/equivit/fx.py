@@ -1,0 +1,163 @@
+"""FX tracing of converted models: timm's feature extraction tools see equivit's layers as leaves.
+
+Anchoring picks a phase from the data, and the anchored layers check their input sizes in Python,
+so ``torch.fx`` cannot trace through them. On import of ``equivit`` this module registers them
+with timm's FX registry (``timm.layers.register_notrace_module`` and
+``register_notrace_function``), so that ``timm.models.get_graph_node_names``,
+``timm.models.create_feature_extractor`` and timm's ``FeatureGraphNet`` stop at them: each anchored
+layer becomes one node, and the model around it (blocks, stages, heads) is traced as timm traces
+it. The Swin stages are traced through (their window anchoring is two leaf function calls), so
+their blocks stay visible as nodes.
+
+:class:`EquivariantFeatureGraphNet` is timm's ``FeatureGraphNet`` for a converted model: pass it as
+``feature_cls`` to ``equivit.create_model(..., features_only=True)``; it converts the model before
+tracing (a graph traced from a stock model cannot be converted afterwards).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from timm.layers import register_notrace_function, register_notrace_module
+from timm.models._features_fx import FeatureGraphNet
+from timm.models._features_fx import create_feature_extractor as _timm_create_feature_extractor
+from torch import fx, nn
+
+from equivit import layers
+from equivit.layers.circular_conv import circular_conv2d
+from equivit.polyphase import Energy, anchor_offsets, anchor_scores, polyphase_anchor, polyphase_energy
+from equivit.report import ConversionReport, InputSizeCheck
+from equivit.roll import roll_from_anchor, roll_to_anchor
+
+__all__ = [
+    "LEAF_MODULES",
+    "NOTRACE_FUNCTIONS",
+    "TRACED_MODULES",
+    "EquivariantFeatureGraphNet",
+    "create_feature_extractor",
+    "register_fx_leaves",
+]
+
+LEAF_MODULES: tuple[type[nn.Module], ...] = (
+    layers.AnchoredBasicBlock,
+    layers.AnchoredBottleneck,
+    layers.AnchoredConv2d,
+    layers.AnchoredGlobalSubSampleAttn,
+    layers.AnchoredLocallyGroupedAttn,
+    layers.AnchoredMaxPool2d,
+    layers.AnchoredPatchEmbed,
+    layers.AnchoredPatchMerging,
+    layers.AnchoredPatchMergingV2,
+    layers.AnchoredSpatialReductionAttn,
+    layers.CircularConv2d,
+    layers.CircularPosConv,
+    layers.CircularSwinTransformerBlock,
+    layers.CircularSwinTransformerV2Block,
+)
+"""Module classes that FX treats as single nodes (their forward depends on the data or checks sizes)."""
+
+TRACED_MODULES: tuple[type[nn.Module], ...] = (layers.AnchoredSwinStage, layers.AnchoredSwinTransformerV2Stage)
+"""Module classes that FX traces through: their forward calls only leaves and :data:`NOTRACE_FUNCTIONS`."""
+
+NOTRACE_FUNCTIONS: tuple[Callable[..., Any], ...] = (
+    anchor_offsets,
+    anchor_scores,
+    circular_conv2d,
+    polyphase_anchor,
+    polyphase_energy,
+    roll_from_anchor,
+    roll_to_anchor,
+)
+"""Functions that FX records as one call each instead of tracing into them."""
+
+
+def register_fx_leaves() -> None:
+    """Register :data:`LEAF_MODULES` and :data:`NOTRACE_FUNCTIONS` with timm's FX registry.
+
+    Done on ``import equivit``; calling it again does nothing new (the registry is a set). After
+    it, tracing a converted model with timm's FX tools stops at equivit's layers. A function is
+    recorded as one call wherever a traced ``forward`` refers to it by a module-level name.
+    """
+    for module in LEAF_MODULES:
+        register_notrace_module(module)
+    for function in NOTRACE_FUNCTIONS:
+        register_notrace_function(function)
+
+
+def _carry_report(graph: nn.Module, model: nn.Module) -> None:
+    """Give ``graph`` the report of ``model`` and an input check on its own entry.
+
+    A traced graph keeps the hooks of the leaves it calls, but not those of the model or of a
+    module traced through, so the check that :func:`equivit.convert` installs may not run.
+    """
+    report = getattr(model, "equivit_report", None)
+    if not isinstance(report, ConversionReport):
+        return
+    graph.equivit_report = report
+    graph.register_forward_pre_hook(InputSizeCheck.from_report(report, type(model).__name__))
+
+
+def create_feature_extractor(model: nn.Module, return_nodes: dict[str, str] | list[str]) -> fx.GraphModule:
+    """Like timm's ``create_feature_extractor``, keeping a converted model's report and input-size check.
+
+    The graph module shares the model's parameters. Node names are those of
+    :func:`timm.models.get_graph_node_names`; equivit's layers are single nodes.
+
+    Args:
+        model: A model (converted or not).
+        return_nodes: Node names to return, or a mapping from node name to output name.
+
+    Returns:
+        A module returning a dict of the requested intermediate values; for a converted model it
+        carries ``equivit_report`` and rejects images of a size that is not a multiple of
+        ``equivit_report.input_multiple``.
+    """
+    graph = _timm_create_feature_extractor(model, return_nodes)
+    _carry_report(graph, model)
+    return graph
+
+
+class EquivariantFeatureGraphNet(FeatureGraphNet):
+    """The FX feature extractor of timm (``feature_cls="fx"``), built on the converted model.
+
+    Give it as ``feature_cls`` to ``equivit.create_model(name, features_only=True, ...)`` (or to
+    ``timm.create_model``): the stock model timm builds is converted in place, then traced, so
+    the feature maps are those of the converted model and move with the image. It carries the
+    model's ``equivit_report`` and input-size check, so ``equivit.create_model`` returns it as is.
+
+    Args:
+        model: A supported timm model (converted or not; converted in place if not).
+        out_indices: Indices into ``model.feature_info`` of the maps to return (an int ``n``: the
+            last ``n``), as in timm.
+        out_map: Optional names of the outputs, as in timm.
+        output_fmt: Layout of the maps, as in timm.
+        return_dict: Return a dict instead of a list.
+        energy: Energy that picks the anchors (see :func:`equivit.convert`).
+
+    Raises:
+        UnsupportedModelError: If the model cannot be converted.
+
+    Example:
+        >>> net = equivit.create_model(  # doctest: +SKIP
+        ...     "resnet18", features_only=True, feature_cls=EquivariantFeatureGraphNet, out_indices=(2, 3)
+        ... )
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        out_indices: int | Sequence[int],
+        out_map: dict[Any, Any] | None = None,
+        output_fmt: str = "NCHW",
+        return_dict: bool = False,
+        energy: Energy = "l1",
+    ) -> None:
+        from equivit.convert import convert
+
+        model = convert(model, inplace=True, energy=energy)
+        super().__init__(model, out_indices, out_map=out_map, output_fmt=output_fmt, return_dict=return_dict)
+        _carry_report(self, model)
+
+
+register_fx_leaves()

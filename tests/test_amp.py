@@ -1,0 +1,70 @@
+"""Mixed precision: converted models stay exactly shift-consistent under bf16 and fp16 autocast.
+
+Anchor energies are accumulated in float64 whatever the feature dtype (DESIGN trap 3), so the
+anchors see low-precision features without losing their tie-breaks. The logits may then differ
+between a shifted and an unshifted image only by rounding at the autocast dtype.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+from torch import nn
+
+from equivit.testing import load_photos
+from helpers import check_consistency
+from zoo import TINY, tiny_pair
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@functools.cache
+def photos(size: tuple[int, int]) -> torch.Tensor:
+    return load_photos(size)[:8]
+
+
+class Autocast(nn.Module):
+    """Runs ``model`` under CPU autocast at ``dtype`` and returns float32 logits."""
+
+    def __init__(self, model: nn.Module, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.model, self.dtype = model, dtype
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast("cpu", dtype=self.dtype):
+            logits = self.model(x)
+        assert logits.dtype == self.dtype, "autocast did not reach the classifier"
+        return logits.float()
+
+
+@pytest.mark.parametrize("precision", list(DTYPES))
+@pytest.mark.parametrize("family", list(TINY))
+def test_autocast_keeps_every_prediction(family: str, precision: str) -> None:
+    dtype = DTYPES[precision]
+    stock, converted, _ = tiny_pair(family)
+    images = photos(TINY[family][2])
+    check_consistency(
+        Autocast(stock, dtype),
+        Autocast(converted, dtype),
+        images,
+        f"{family} autocast {precision}",
+        shifts=2,
+        relative_tolerance=torch.finfo(dtype).eps,
+    )
+
+
+@pytest.mark.parametrize("family", ["vit", "twins_svt", "swin", "pvt_v2", "resnet", "convnext"])
+def test_bfloat16_weights_keep_every_prediction(family: str) -> None:
+    """The whole model in bf16 (no autocast): features and anchors' inputs are bf16 throughout."""
+    stock, converted, _ = tiny_pair(family)
+    images = photos(TINY[family][2]).bfloat16()
+    check_consistency(
+        stock.bfloat16(),
+        converted.bfloat16(),
+        images,
+        f"{family} bf16 weights",
+        shifts=2,
+        relative_tolerance=torch.finfo(torch.bfloat16).eps,
+    )

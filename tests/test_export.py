@@ -1,0 +1,86 @@
+"""ONNX export of converted models: runs in onnxruntime, matches eager, and stays shift-consistent."""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from zoo import TINY, tiny_pair
+
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnxscript")
+ort = pytest.importorskip("onnxruntime")
+
+# ONNX Runtime and eager torch run the same float32 operations in another order: measured up to
+# 2e-7 on these models (logits of order 1); anchors (float64 energies) are identical.
+ATOL = 1e-5
+# Circular shifts, including ones that are not multiples of the patch size (8 or 4) or the windows.
+SHIFTS = [(0, 0), (3, 5), (8, 8), (13, -7), (-1, 30)]
+
+
+def _images(batch: int, size: tuple[int, int], seed: int) -> torch.Tensor:
+    return torch.randn(batch, 3, *size, generator=torch.Generator().manual_seed(seed))
+
+
+@functools.cache
+def _exported(family: str, directory: str) -> tuple[nn.Module, nn.Module, object]:
+    """(stock, converted, onnxruntime session) with a dynamic batch dimension."""
+    stock, model, images = tiny_pair(family)
+    path = Path(directory) / f"{family}.onnx"
+    batch = torch.export.Dim("batch", min=1, max=64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(model, (images,), dynamo=True, dynamic_shapes=({0: batch},))
+    program.save(str(path))
+    onnx.checker.check_model(str(path))
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return stock, model, session
+
+
+def _run(session: object, x: torch.Tensor) -> torch.Tensor:
+    name = session.get_inputs()[0].name  # type: ignore[attr-defined]
+    return torch.from_numpy(session.run(None, {name: x.numpy()})[0])  # type: ignore[attr-defined]
+
+
+def _check_onnx(key: str, directory: Path) -> None:
+    stock, model, session = _exported(key, str(directory))
+    size = TINY[key][2]
+    for batch in (1, 3):  # one export, two batch sizes
+        x = _images(batch, size, seed=batch)
+        with torch.no_grad():
+            eager = model(x)
+        out = _run(session, x)
+        assert out.shape == eager.shape == (batch, 10)
+        assert torch.allclose(out, eager, atol=ATOL, rtol=0), (key, batch, float((out - eager).abs().max()))
+        assert torch.equal(out.argmax(1), eager.argmax(1))
+    x = _images(3, size, seed=7)
+    reference = _run(session, x)
+    stock_change = 0.0
+    for shift in SHIFTS:
+        shifted = torch.roll(x, shift, dims=(2, 3))
+        out = _run(session, shifted)
+        assert torch.allclose(out, reference, atol=ATOL, rtol=0), (key, shift, float((out - reference).abs().max()))
+        assert torch.equal(out.argmax(1), reference.argmax(1)), (key, shift)
+        with torch.no_grad():
+            stock_change = max(stock_change, float((stock(shifted) - stock(x)).abs().max()))
+    assert stock_change > 10 * ATOL, (key, stock_change)  # the check can fail: stock logits move
+
+
+@pytest.mark.parametrize("family", ["vit"])
+def test_exports_to_onnx(family: str, tmp_path_factory: pytest.TempPathFactory) -> None:
+    _check_onnx(family, tmp_path_factory.mktemp("onnx"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "family", ["deit_distilled", "twins_pcpvt", "twins_svt", "swin", "pvt_v2", "resnet", "convnext"]
+)
+def test_exports_to_onnx_slow(family: str, tmp_path_factory: pytest.TempPathFactory) -> None:
+    _check_onnx(family, tmp_path_factory.mktemp("onnx"))

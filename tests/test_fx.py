@@ -1,0 +1,266 @@
+"""FX tracing of converted models: node names, feature extractors equal to eager, maps that move with the image."""
+
+from __future__ import annotations
+
+import functools
+import re
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+from timm.layers import is_notrace_function, is_notrace_module
+from timm.models import get_graph_node_names
+from torch import nn
+
+import equivit
+from equivit.fx import LEAF_MODULES, NOTRACE_FUNCTIONS, TRACED_MODULES, EquivariantFeatureGraphNet
+from equivit.layers import AnchoredBasicBlock
+from equivit.testing import assert_shift_equivariant, load_photos, perturb_weights_
+from helpers import FeatureMap
+
+# Swin at 128 x 256 with 4 x 4 windows, two blocks (regular and shifted) per stage, narrow: fast.
+SMALL_SWIN = {
+    "img_size": (128, 256),
+    "window_size": 4,
+    "depths": (2, 2, 2, 2),
+    "embed_dim": 48,
+    "num_heads": (2, 2, 4, 4),
+}
+
+# Layout of a node's output: "nchw", "nhwc", or "nlc" (tokens, after ``prefix`` class tokens).
+Layout = tuple[str, int]  # (layout, prefix tokens)
+
+# (timm name, image size, timm arguments, {node: (layout, prefix tokens, stride)}). A negative stride marks
+# a node inside an anchored Swin stage: it lives in the stage's anchored frame, so a shift moves it by some
+# roll (whole windows away from shift / stride), not by exactly shift / stride.
+FAMILIES = [
+    (
+        "vit_tiny_patch16_224",
+        (64, 96),
+        {"img_size": (64, 96), "depth": 4},
+        {"patch_embed": ("nlc", 0, 16), "blocks.1": ("nlc", 1, 16), "blocks.3": ("nlc", 1, 16)},
+    ),
+    (
+        "deit_tiny_distilled_patch16_224",
+        (64, 96),
+        {"img_size": (64, 96), "depth": 2},
+        {"patch_embed": ("nlc", 0, 16), "blocks.1": ("nlc", 2, 16)},
+    ),
+    (
+        "twins_svt_small",
+        (64, 96),
+        {"depths": (1, 1, 2, 1), "wss": (4, 4, 2, 1)},
+        {"blocks.0.0": ("nlc", 0, 4), "blocks.1.0": ("nlc", 0, 8), "blocks.3.0": ("nlc", 0, 32)},
+    ),
+    (
+        "swin_tiny_patch4_window7_224",
+        (128, 256),
+        SMALL_SWIN,
+        {"layers.0": ("nhwc", 0, 4), "layers.1.blocks.0": ("nhwc", 0, -8), "layers.3": ("nhwc", 0, 32)},
+    ),
+    (
+        "swinv2_tiny_window8_256",
+        (128, 256),
+        SMALL_SWIN,
+        {"layers.1.downsample": ("nhwc", 0, 8), "layers.2.blocks.1": ("nhwc", 0, -16), "layers.3": ("nhwc", 0, 32)},
+    ),
+    (
+        "pvt_v2_b0",
+        (64, 96),
+        {},
+        {"patch_embed": ("nhwc", 0, 4), "stages.1.blocks.0": ("nlc", 0, 8), "stages.3": ("nchw", 0, 32)},
+    ),
+    (
+        "resnet18",
+        (64, 96),
+        {},
+        {"maxpool": ("nchw", 0, 4), "layer2.0": ("nchw", 0, 8), "layer4": ("nchw", 0, 32)},
+    ),
+    (
+        "convnext_atto",
+        (64, 96),
+        {},
+        {"stem": ("nchw", 0, 4), "stages.1.downsample": ("nchw", 0, 8), "stages.3": ("nchw", 0, 32)},
+    ),
+]
+IDS = [f[0] for f in FAMILIES]
+
+# Families whose stock timm model builds with ``features_only=True, feature_cls="fx"`` (timm's feature_info
+# of Twins names modules that are not nodes, and distilled DeiT's has no entries to index).
+FX_FEATURES = [f for f in FAMILIES if f[0] not in ("twins_svt_small", "deit_tiny_distilled_patch16_224")]
+
+
+@functools.cache
+def photos(size: tuple[int, int]) -> torch.Tensor:
+    return load_photos(size)[:4]
+
+
+@functools.cache
+def _converted(name: str) -> nn.Module:
+    torch.manual_seed(0)
+    kwargs = next(f[2] for f in FAMILIES if f[0] == name)
+    model = equivit.convert(perturb_weights_(timm.create_model(name, pretrained=False, **kwargs), seed=0)).eval()
+    if model.equivit_report.new_parameters:  # the positional convolution too, so its circular padding matters
+        perturb_weights_(model, seed=1, only=model.equivit_report.new_parameters)
+    return model
+
+
+def _to_map(value: torch.Tensor, layout: str, prefix: int, grid: tuple[int, int]) -> torch.Tensor:
+    """A node's output as a ``(B, C, H, W)`` map."""
+    if layout == "nhwc":
+        return value.permute(0, 3, 1, 2)
+    if layout == "nlc":
+        tokens = value[:, prefix:]
+        return tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], *grid)
+    return value
+
+
+class NodeMap(nn.Module):
+    """One node of an FX feature extractor, as a ``(B, C, H, W)`` map."""
+
+    def __init__(self, extractor: nn.Module, node: str, layout: str, prefix: int, stride: int) -> None:
+        super().__init__()
+        self.extractor, self.node, self.layout, self.prefix, self.stride = extractor, node, layout, prefix, stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        grid = (x.shape[-2] // self.stride, x.shape[-1] // self.stride)
+        return _to_map(self.extractor(x)[self.node], self.layout, self.prefix, grid)
+
+
+def test_every_layer_is_a_leaf_or_traced_through() -> None:
+    """A new layer class must be placed: timm's registry knows every leaf and function."""
+    exported = {getattr(equivit.layers, n) for n in equivit.layers.__all__}
+    module_types = {t for t in exported if isinstance(t, type) and issubclass(t, nn.Module)}
+    assert module_types == set(LEAF_MODULES) | set(TRACED_MODULES)
+    assert all(is_notrace_module(t) for t in LEAF_MODULES)
+    assert not any(is_notrace_module(t) for t in TRACED_MODULES)
+    assert all(is_notrace_function(f) for f in NOTRACE_FUNCTIONS)
+
+
+@pytest.mark.parametrize(("name", "size", "kwargs", "nodes"), FAMILIES, ids=IDS)
+def test_graph_node_names(
+    name: str, size: tuple[int, int], kwargs: dict[str, object], nodes: dict[str, tuple[str, int, int]]
+) -> None:
+    model = _converted(name)
+    train_nodes, eval_nodes = get_graph_node_names(model)
+    assert train_nodes == eval_nodes
+    # A module traced through is named by its nodes' prefix; create_feature_extractor accepts the prefix.
+    for node in nodes:
+        assert any(n == node or n.startswith(node + ".") for n in eval_nodes), node
+    # Every outermost equivit leaf is one node, and nothing inside it is traced.
+    leaves = [n for n, m in model.named_modules() if isinstance(m, LEAF_MODULES)]
+    outermost = [n for n in leaves if not any(n.startswith(other + ".") for other in leaves)]
+    assert outermost
+    for leaf in outermost:
+        assert leaf in eval_nodes, leaf
+        assert not [n for n in eval_nodes if n.startswith(leaf + ".")], leaf
+
+
+@pytest.mark.parametrize(("name", "size", "kwargs", "nodes"), FAMILIES, ids=IDS)
+def test_feature_extractor_equals_eager_and_moves_with_the_image(
+    name: str, size: tuple[int, int], kwargs: dict[str, object], nodes: dict[str, tuple[str, int, int]]
+) -> None:
+    model = _converted(name)
+    extractor = equivit.fx.create_feature_extractor(model, list(nodes))
+    images = photos(size)[:2]
+    eager: dict[str, torch.Tensor] = {}
+    handles = [
+        model.get_submodule(node).register_forward_hook(
+            lambda _m, _a, out, node=node: eager.__setitem__(node, out)  # type: ignore[misc]
+        )
+        for node in nodes
+    ]
+    try:
+        with torch.no_grad():
+            logits = model(images)
+            traced = extractor(images)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert list(traced) == list(nodes)
+    for node in nodes:
+        assert torch.equal(traced[node], eager[node]), node
+    assert torch.isfinite(logits).all()
+    for node, (layout, prefix, stride) in nodes.items():
+        feature = NodeMap(extractor, node, layout, prefix, abs(stride))
+        assert_shift_equivariant(feature, images, output_stride=stride if stride > 0 else None, atol=1e-5)
+
+
+def test_feature_extractor_keeps_the_report_and_the_input_size_check() -> None:
+    model = _converted("pvt_v2_b0")
+    extractor = equivit.fx.create_feature_extractor(model, ["stages.3"])
+    assert extractor.equivit_report is model.equivit_report
+    with pytest.raises(ValueError, match="not a multiple of 32 x 32"):
+        extractor(torch.randn(1, 3, 64, 80))
+    # timm's own extractor traces the model's forward, not its hooks: the check is not there.
+    plain = timm.models.create_feature_extractor(model, ["stages.3"])
+    assert not plain._forward_pre_hooks
+
+
+@pytest.mark.parametrize(("name", "size", "kwargs", "nodes"), FX_FEATURES, ids=[f[0] for f in FX_FEATURES])
+def test_features_only_fx(
+    name: str, size: tuple[int, int], kwargs: dict[str, object], nodes: dict[str, Layout]
+) -> None:
+    torch.manual_seed(0)
+    net = equivit.create_model(name, features_only=True, feature_cls=EquivariantFeatureGraphNet, **kwargs).eval()
+    assert isinstance(net, EquivariantFeatureGraphNet)
+    assert equivit.is_converted(net)
+    torch.manual_seed(0)
+    model = equivit.create_model(name, **kwargs).eval()
+    modules = net.feature_info.module_name()
+    images = photos(size)[:2]
+    eager: dict[str, torch.Tensor] = {}
+    for module in modules:
+        model.get_submodule(module).register_forward_hook(
+            lambda _m, _a, out, module=module: eager.__setitem__(module, out)  # type: ignore[misc]
+        )
+    with torch.no_grad():
+        model(images)
+        maps = net(images)
+    assert len(maps) == len(modules)
+    for module, value in zip(modules, maps, strict=True):
+        assert torch.equal(value, eager[module]), module
+    if name.startswith("vit"):
+        return  # token sequences; their grids are checked through the feature extractor above
+    for index, (channels, reduction) in enumerate(
+        zip(net.feature_info.channels(), net.feature_info.reduction(), strict=True)
+    ):
+        assert_shift_equivariant(FeatureMap(net, index, channels, False), images, output_stride=reduction, atol=1e-5)
+
+
+def test_create_model_with_fx_string_converts_before_tracing() -> None:
+    net = equivit.create_model("resnet18", features_only=True, feature_cls="fx", out_indices=(2, 3), energy="l2")
+    assert isinstance(net, EquivariantFeatureGraphNet)
+    assert net.equivit_report.input_multiple == (32, 32)
+    blocks = [m for m in net.modules() if "Block" in type(m).__name__]
+    assert blocks
+    assert all(isinstance(m, AnchoredBasicBlock) and m.energy == "l2" for m in blocks)
+    images = photos((64, 96))[:2]
+    for index, (channels, reduction) in enumerate(
+        zip(net.feature_info.channels(), net.feature_info.reduction(), strict=True)
+    ):
+        assert_shift_equivariant(FeatureMap(net, index, channels, False), images, output_stride=reduction, atol=1e-5)
+
+
+def test_stock_fx_features_cannot_be_converted() -> None:
+    """A graph traced from the stock model has the stock operations baked in: convert refuses it."""
+    stock = timm.create_model("resnet18", features_only=True, feature_cls="fx")
+    with pytest.raises(equivit.UnsupportedModelError, match="Convert the model first, then trace it"):
+        equivit.convert(stock)
+    with pytest.raises(equivit.UnsupportedModelError, match="baked in"):
+        equivit.convert(timm.models.create_feature_extractor(timm.create_model("resnet18"), ["layer2"]))
+
+
+def test_fx_example_in_the_checkpoints_guide() -> None:
+    text = (Path(__file__).resolve().parents[1] / "docs" / "checkpoints.md").read_text()
+    blocks = [b for b in re.findall(r"```python\n(.*?)```", text, flags=re.DOTALL) if "get_graph_node_names" in b]
+    assert len(blocks) == 1
+    namespace: dict[str, object] = {"torch": torch, "equivit": equivit}
+    exec(compile(blocks[0], "docs/checkpoints.md", "exec"), namespace)
+    assert {"patch_embed", "layers.1.blocks.0"} <= set(namespace["eval_nodes"])  # type: ignore[arg-type]
+    features = namespace["features"]
+    assert {k: tuple(v.shape) for k, v in features.items()} == {  # type: ignore[attr-defined]
+        "layers.1": (1, 16, 32, 192),
+        "layers.3": (1, 4, 8, 768),
+    }
