@@ -152,3 +152,16 @@ def test_anchored_window_attention_is_timm_attention_on_the_anchored_grid(fused:
         stock(rolled.reshape(x.shape), (6, 9)).reshape(grid.shape), offsets, channels_last=True
     )
     torch.testing.assert_close(anchored(x, (6, 9)), expected.reshape(x.shape), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_one_window_grid_is_timm_attention_and_permutation_equivariant(fused: bool) -> None:
+    """A grid of exactly one window needs no anchor: timm's numbers, and any roll of the tokens commutes."""
+    stock = perturb_weights_(LocallyGroupedAttn(DIM, num_heads=2, ws=3)).eval()
+    stock.fused_attn = fused
+    anchored = AnchoredLocallyGroupedAttn.from_timm(stock)
+    anchored.fused_attn = fused
+    x = _tokens("random", 3, 3, seed=5)
+    torch.testing.assert_close(anchored(x, (3, 3)), stock(x, (3, 3)), rtol=1e-5, atol=1e-6)
+    shifted = anchored(_roll_tokens(x, (3, 3), (1, 2)), (3, 3))
+    torch.testing.assert_close(shifted, _roll_tokens(anchored(x, (3, 3)), (3, 3), (1, 2)), rtol=1e-5, atol=1e-6)

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from timm.models.twins import LocallyGroupedAttn
 
-from equivit.layers.sharing import parent_method, take_over
+from equivit.layers.sharing import take_over
 from equivit.polyphase import Energy, _anchor_offsets
 
 __all__ = ["AnchoredLocallyGroupedAttn", "window_order_indices"]
@@ -76,8 +76,6 @@ class AnchoredLocallyGroupedAttn(LocallyGroupedAttn):
         )  # fmt: skip
         return take_over(new, module)
 
-    _timm_forward = parent_method(LocallyGroupedAttn.forward, "_timm_forward")
-
     def forward(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """Anchor the token grid with period ``ws``, attend within windows, roll back.
 
@@ -102,7 +100,8 @@ class AnchoredLocallyGroupedAttn(LocallyGroupedAttn):
                 "(padding to a window multiple would break shift equivariance)"
             )
         if height == self.ws and width == self.ws:  # one window: attention over a set of tokens
-            return self._timm_forward(x, size)
+            out = self._attend(x.view(batch, 1, tokens, channels))
+            return self.proj_drop(self.proj(out.view(batch, tokens, channels)))
         offsets = _anchor_offsets(x.reshape(batch, height, width, channels), self.ws, self.ws, self.energy, True)
         # One row copy takes the tokens from the anchored grid straight into window order, and one
         # takes them back: the same number of passes as timm's padding and window transposes.
