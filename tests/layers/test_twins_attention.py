@@ -37,6 +37,14 @@ def _roll_tokens(x: torch.Tensor, size: tuple[int, int], shift: tuple[int, int])
     return torch.roll(grid, shift, dims=(1, 2)).reshape(x.shape)
 
 
+def _window_pair(fused: bool) -> tuple[LocallyGroupedAttn, AnchoredLocallyGroupedAttn]:
+    """timm's window attention (window 3, perturbed weights) and its anchored twin, fused or not."""
+    stock = perturb_weights_(LocallyGroupedAttn(DIM, num_heads=2, ws=3)).eval()
+    anchored = AnchoredLocallyGroupedAttn.from_timm(stock)
+    stock.fused_attn = anchored.fused_attn = fused
+    return stock, anchored
+
+
 def test_smoke_from_timm_shares_parameters_and_matches_when_anchor_is_origin() -> None:
     stock = LocallyGroupedAttn(DIM, num_heads=2, ws=2).eval()
     anchored = AnchoredLocallyGroupedAttn.from_timm(stock)
@@ -141,10 +149,7 @@ def test_window_order_indices_match_roll_and_partition() -> None:
 @pytest.mark.parametrize("fused", [True, False])
 def test_anchored_window_attention_is_timm_attention_on_the_anchored_grid(fused: bool) -> None:
     """Same numbers as timm's module run on the grid rolled to the anchor, then rolled back."""
-    stock = perturb_weights_(LocallyGroupedAttn(DIM, num_heads=2, ws=3)).eval()
-    stock.fused_attn = fused
-    anchored = AnchoredLocallyGroupedAttn.from_timm(stock)
-    anchored.fused_attn = fused
+    stock, anchored = _window_pair(fused)
     x = _tokens("random", 6, 9, seed=3)
     grid = x.reshape(2, 6, 9, DIM)
     rolled, offsets = equivit.polyphase_anchor(grid, 3, channels_last=True)
@@ -157,10 +162,7 @@ def test_anchored_window_attention_is_timm_attention_on_the_anchored_grid(fused:
 @pytest.mark.parametrize("fused", [True, False])
 def test_one_window_grid_is_timm_attention_and_permutation_equivariant(fused: bool) -> None:
     """A grid of exactly one window needs no anchor: timm's numbers, and any roll of the tokens commutes."""
-    stock = perturb_weights_(LocallyGroupedAttn(DIM, num_heads=2, ws=3)).eval()
-    stock.fused_attn = fused
-    anchored = AnchoredLocallyGroupedAttn.from_timm(stock)
-    anchored.fused_attn = fused
+    stock, anchored = _window_pair(fused)
     x = _tokens("random", 3, 3, seed=5)
     torch.testing.assert_close(anchored(x, (3, 3)), stock(x, (3, 3)), rtol=1e-5, atol=1e-6)
     shifted = anchored(_roll_tokens(x, (3, 3), (1, 2)), (3, 3))
