@@ -79,12 +79,14 @@ def circular_conv2d(
 
     torch's ``padding_mode="circular"`` copies the input into a padded tensor and loses a
     channels-last layout on the way, which costs several times a depthwise convolution. Here a
-    depthwise convolution on a grid larger than 4 x its padding runs with zero padding, which is
-    already right away from the border, and only the output rows and columns whose window crosses
-    the border are recomputed, from thin strips of the input taken modulo the grid: no padded copy.
-    Other convolutions (compute-bound, where a copy of the input is cheap next to the work) and
-    small grids get a padded copy in the input's layout, wrapping as often as needed, so grids
-    smaller than the padding work too.
+    depthwise convolution on a grid of at least 16 x its padding along each axis runs with zero
+    padding, which is already right away from the border, and only the output rows and columns
+    whose window crosses the border are recomputed, from thin strips of the input taken modulo
+    the grid: no padded copy. Other convolutions (compute-bound, where a copy of the input is
+    cheap next to the work) and smaller grids (where the strips are a large share of the work
+    and the two extra calls cost more than the copy) get one padded copy in the input's layout,
+    wrapping as often as needed, so grids smaller than the padding work too. The threshold comes
+    from ``benchmarks/bench_circular_conv.py`` (``docs/benchmarks.md``).
 
     Args:
         x: Input.
@@ -108,7 +110,7 @@ def circular_conv2d(
     height, width = x.shape[-2], x.shape[-1]
     channels_last = x.is_contiguous(memory_format=torch.channels_last)  # the padded copies keep the layout
     depthwise = groups > 1 and groups == x.shape[1]
-    if not depthwise or height <= 4 * ph or width <= 4 * pw:
+    if not depthwise or height < 16 * ph or width < 16 * pw:
         # A dense convolution costs far more than copying its input once, and recomputing its
         # border would add a share of its work that grows as the grid shrinks: pad by copying
         # (wrapping as often as a small grid needs), keeping the layout.
