@@ -6,6 +6,7 @@ both see the same machine state; the table gives medians and the ratio converted
 throughput (higher is better, 1.0 = as fast as stock).
 
     python benchmarks/bench_models.py [--device cuda] [--repeats 7] [--batch 16] [--models NAME ...] [--modes forward]
+        [--threads 1]
 """
 
 from __future__ import annotations
@@ -70,7 +71,10 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--models", nargs="+", default=list(MODELS))
     parser.add_argument("--modes", nargs="+", default=["forward", "train step"], choices=["forward", "train step"])
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
     args = parser.parse_args()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     torch.manual_seed(0)
     images = torch.randn(args.batch, 3, 224, 224, device=device)

@@ -58,7 +58,6 @@ __all__ = [
 
 Energy = Literal["l1", "l2"]
 
-_CPU_CHUNK = 2**18  # elements per slice of the float64 energy reduction on CPU
 
 # The functions below whose names start with an underscore form a TorchScript-compatible core
 # (plain positional arguments, energy as a str, no closures): the anchored layers call it, so
@@ -146,10 +145,27 @@ def _reduce(view: torch.Tensor, dims: list[int], l1: bool, acc: torch.dtype) -> 
     return torch.sum(torch.square(view.to(acc)), dim=dims)
 
 
-def _reduce_in_slices(view: torch.Tensor, dims: list[int], l1: bool, acc: torch.dtype) -> torch.Tensor:
-    """:func:`_reduce` over cache-sized slices of the batch (eager CPU only)."""
+def _reduce_staged(view: torch.Tensor, dims: list[int], first: int, l1: bool, acc: torch.dtype) -> torch.Tensor:
+    """:func:`_reduce` in two sums: over axis ``first`` (one of ``dims``), then over the others.
+
+    On the CPU, summing whole planes or rows first (the channels, or for a few channels the
+    innermost block axis) is two to five times as fast as one reduction over strided axes. With
+    the accumulator's headroom the sums are exact, so the order does not change the result.
+    """
+    values = view.to(acc, copy=True)  # a copy: the in-place steps below must not touch float64 input
+    values = values.abs_() if l1 else values.square_()  # in place: out-of-place is slow on these 6-D views
+    rest: list[int] = []
+    for d in dims:
+        if d != first:
+            rest.append(d - 1 if d > first else d)
+    return values.sum(dim=first).sum(dim=rest)
+
+
+def _reduce_in_slices(view: torch.Tensor, dims: list[int], first: int, l1: bool, acc: torch.dtype) -> torch.Tensor:
+    """:func:`_reduce_staged` over cache-sized slices of the batch (CPU, not compiled)."""
     per_sample = view.numel() // view.shape[0]
-    return torch.cat([_reduce(part, dims, l1, acc) for part in view.split(max(1, _CPU_CHUNK // per_sample))])
+    parts = view.split(max(1, 262144 // per_sample))  # 2**18 elements a slice (a literal for TorchScript)
+    return torch.cat([_reduce_staged(part, dims, first, l1, acc) for part in parts])
 
 
 def _energy(x: torch.Tensor, ph: int, pw: int, l1: bool, channels_last: bool) -> torch.Tensor:
@@ -168,11 +184,17 @@ def _energy(x: torch.Tensor, ph: int, pw: int, l1: bool, channels_last: bool) ->
         view = x.reshape(x.shape[0], x.shape[1], height // ph, ph, width // pw, pw)
         dims = [1, 2, 4]
     acc = _accumulate_dtype(x)
+    # Eager (and TorchScript) CPU reductions with a float64 accumulator convert the whole input
+    # first, and reduce strided axes slowly: in cache-sized slices of the batch, channels first
+    # (the innermost block axis for an image's few channels), it costs a fifth to a half.
+    # Compiled graphs and accelerators fuse the single reduction instead.
+    staged = x.device.type == "cpu" and x.shape[0] > 0
     if not torch.jit.is_scripting():  # noqa: SIM102 (TorchScript skips only this exact condition)
-        if not _tracing() and x.device.type == "cpu" and x.numel() > _CPU_CHUNK:
-            # Eager CPU reductions with a float64 accumulator convert the whole input first; in
-            # cache-sized slices of the batch that costs a third to a fifth of the time.
-            return torch.nan_to_num(_reduce_in_slices(view, dims, l1, acc), nan=float("inf"))
+        if _tracing():
+            staged = False
+    if staged:
+        first = 5 if channels_last else 1 if x.shape[1] >= 16 else 4
+        return torch.nan_to_num(_reduce_in_slices(view, dims, first, l1, acc), nan=float("inf"))
     return torch.nan_to_num(_reduce(view, dims, l1, acc), nan=float("inf"))
 
 
