@@ -15,10 +15,10 @@ from torch import nn
 
 import equivit
 from equivit.testing import perturb_weights_
-from test_fx import FAMILIES
+from zoo import NODE_CONFIGS
 
 # (timm name, image size, timm arguments): the small configurations of the FX tests, every family.
-MODELS = [(name, size, kwargs) for name, size, kwargs, _ in FAMILIES]
+MODELS = [(name, size, kwargs) for name, size, kwargs, _ in NODE_CONFIGS]
 IDS = [m[0] for m in MODELS]
 
 

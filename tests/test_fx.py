@@ -18,72 +18,9 @@ from equivit.fx import LEAF_MODULES, NOTRACE_FUNCTIONS, TRACED_MODULES, Equivari
 from equivit.layers import AnchoredBasicBlock
 from equivit.testing import assert_shift_equivariant, load_photos, perturb_weights_
 from helpers import FeatureMap
+from zoo import NODE_CONFIGS, Layout
 
-# Swin at 128 x 256 with 4 x 4 windows, two blocks (regular and shifted) per stage, narrow: fast.
-SMALL_SWIN = {
-    "img_size": (128, 256),
-    "window_size": 4,
-    "depths": (2, 2, 2, 2),
-    "embed_dim": 48,
-    "num_heads": (2, 2, 4, 4),
-}
-
-# Layout of a node's output: "nchw", "nhwc", or "nlc" (tokens, after ``prefix`` class tokens).
-Layout = tuple[str, int]  # (layout, prefix tokens)
-
-# (timm name, image size, timm arguments, {node: (layout, prefix tokens, stride)}). A negative stride marks
-# a node inside an anchored Swin stage: it lives in the stage's anchored frame, so a shift moves it by some
-# roll (whole windows away from shift / stride), not by exactly shift / stride.
-FAMILIES = [
-    (
-        "vit_tiny_patch16_224",
-        (64, 96),
-        {"img_size": (64, 96), "depth": 4},
-        {"patch_embed": ("nlc", 0, 16), "blocks.1": ("nlc", 1, 16), "blocks.3": ("nlc", 1, 16)},
-    ),
-    (
-        "deit_tiny_distilled_patch16_224",
-        (64, 96),
-        {"img_size": (64, 96), "depth": 2},
-        {"patch_embed": ("nlc", 0, 16), "blocks.1": ("nlc", 2, 16)},
-    ),
-    (
-        "twins_svt_small",
-        (64, 96),
-        {"depths": (1, 1, 2, 1), "wss": (4, 4, 2, 1)},
-        {"blocks.0.0": ("nlc", 0, 4), "blocks.1.0": ("nlc", 0, 8), "blocks.3.0": ("nlc", 0, 32)},
-    ),
-    (
-        "swin_tiny_patch4_window7_224",
-        (128, 256),
-        SMALL_SWIN,
-        {"layers.0": ("nhwc", 0, 4), "layers.1.blocks.0": ("nhwc", 0, -8), "layers.3": ("nhwc", 0, 32)},
-    ),
-    (
-        "swinv2_tiny_window8_256",
-        (128, 256),
-        SMALL_SWIN,
-        {"layers.1.downsample": ("nhwc", 0, 8), "layers.2.blocks.1": ("nhwc", 0, -16), "layers.3": ("nhwc", 0, 32)},
-    ),
-    (
-        "pvt_v2_b0",
-        (64, 96),
-        {},
-        {"patch_embed": ("nhwc", 0, 4), "stages.1.blocks.0": ("nlc", 0, 8), "stages.3": ("nchw", 0, 32)},
-    ),
-    (
-        "resnet18",
-        (64, 96),
-        {},
-        {"maxpool": ("nchw", 0, 4), "layer2.0": ("nchw", 0, 8), "layer4": ("nchw", 0, 32)},
-    ),
-    (
-        "convnext_atto",
-        (64, 96),
-        {},
-        {"stem": ("nchw", 0, 4), "stages.1.downsample": ("nchw", 0, 8), "stages.3": ("nchw", 0, 32)},
-    ),
-]
+FAMILIES = NODE_CONFIGS
 IDS = [f[0] for f in FAMILIES]
 
 # Families whose stock timm model builds with ``features_only=True, feature_cls="fx"`` (timm's feature_info

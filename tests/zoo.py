@@ -1,7 +1,8 @@
-"""Tiny configurations of every family ``equivit.convert`` supports, for fast robustness tests.
+"""Small configurations of every family ``equivit.convert`` supports, shared by the robustness tests.
 
-Each entry is ``(timm name, timm keyword arguments, image size)``: small widths and depths, and an
-image size that is a small multiple of the converted model's period.
+``TINY`` entries are ``(timm name, timm keyword arguments, image size)``: small widths and depths,
+and an image size that is a small multiple of the converted model's period. ``NODE_CONFIGS`` are
+somewhat larger models with the FX nodes whose feature maps the FX and checkpoint tests read.
 """
 
 from __future__ import annotations
@@ -67,3 +68,70 @@ def tiny_pair(family: str, seed: int = 0) -> tuple[nn.Module, nn.Module, torch.T
     perturb_weights_(converted, seed=seed, only=converted.equivit_report.new_parameters)
     images = torch.randn(2, 3, *size, generator=torch.Generator().manual_seed(seed))
     return stock, converted, images
+
+
+# Swin at 128 x 256 with 4 x 4 windows, two blocks (regular and shifted) per stage, narrow: fast.
+SMALL_SWIN = {
+    "img_size": (128, 256),
+    "window_size": 4,
+    "depths": (2, 2, 2, 2),
+    "embed_dim": 48,
+    "num_heads": (2, 2, 4, 4),
+}
+
+# Layout of a node's output: "nchw", "nhwc", or "nlc" (tokens, after ``prefix`` class tokens).
+Layout = tuple[str, int]  # (layout, prefix tokens)
+
+# (timm name, image size, timm arguments, {node: (layout, prefix tokens, stride)}). A negative stride marks
+# a node inside an anchored Swin stage: it lives in the stage's anchored frame, so a shift moves it by some
+# roll (whole windows away from shift / stride), not by exactly shift / stride.
+NODE_CONFIGS: list[tuple[str, tuple[int, int], dict[str, object], dict[str, tuple[str, int, int]]]] = [
+    (
+        "vit_tiny_patch16_224",
+        (64, 96),
+        {"img_size": (64, 96), "depth": 4},
+        {"patch_embed": ("nlc", 0, 16), "blocks.1": ("nlc", 1, 16), "blocks.3": ("nlc", 1, 16)},
+    ),
+    (
+        "deit_tiny_distilled_patch16_224",
+        (64, 96),
+        {"img_size": (64, 96), "depth": 2},
+        {"patch_embed": ("nlc", 0, 16), "blocks.1": ("nlc", 2, 16)},
+    ),
+    (
+        "twins_svt_small",
+        (64, 96),
+        {"depths": (1, 1, 2, 1), "wss": (4, 4, 2, 1)},
+        {"blocks.0.0": ("nlc", 0, 4), "blocks.1.0": ("nlc", 0, 8), "blocks.3.0": ("nlc", 0, 32)},
+    ),
+    (
+        "swin_tiny_patch4_window7_224",
+        (128, 256),
+        SMALL_SWIN,
+        {"layers.0": ("nhwc", 0, 4), "layers.1.blocks.0": ("nhwc", 0, -8), "layers.3": ("nhwc", 0, 32)},
+    ),
+    (
+        "swinv2_tiny_window8_256",
+        (128, 256),
+        SMALL_SWIN,
+        {"layers.1.downsample": ("nhwc", 0, 8), "layers.2.blocks.1": ("nhwc", 0, -16), "layers.3": ("nhwc", 0, 32)},
+    ),
+    (
+        "pvt_v2_b0",
+        (64, 96),
+        {},
+        {"patch_embed": ("nhwc", 0, 4), "stages.1.blocks.0": ("nlc", 0, 8), "stages.3": ("nchw", 0, 32)},
+    ),
+    (
+        "resnet18",
+        (64, 96),
+        {},
+        {"maxpool": ("nchw", 0, 4), "layer2.0": ("nchw", 0, 8), "layer4": ("nchw", 0, 32)},
+    ),
+    (
+        "convnext_atto",
+        (64, 96),
+        {},
+        {"stem": ("nchw", 0, 4), "stages.1.downsample": ("nchw", 0, 8), "stages.3": ("nchw", 0, 32)},
+    ),
+]
