@@ -90,8 +90,9 @@ def test_anchoring_ops_double_backward_in_float64() -> None:
     for name, op in ops.items():
         assert torch.autograd.gradgradcheck(op, (x,)), name
     # Depthwise on a large grid (border strips) and dense on a grid smaller than the kernel (wraps).
+    large = torch.randn(1, 3, 16, 17, dtype=torch.float64, requires_grad=True)  # 16 x the padding: strips
     depthwise = lambda t, w: circular_conv2d(t, w, None, (1, 1), (1, 1), (1, 1), 3)  # noqa: E731
-    assert torch.autograd.gradgradcheck(depthwise, (x, weight)), "circular_conv2d, depthwise"
+    assert torch.autograd.gradgradcheck(depthwise, (large, weight)), "circular_conv2d, depthwise"
     small = torch.randn(2, 3, 2, 3, dtype=torch.float64, requires_grad=True)
     dense = torch.randn(4, 3, 3, 3, dtype=torch.float64, requires_grad=True)
     conv = lambda t, w: circular_conv2d(t, w, None, (1, 1), (1, 1), (1, 1), 1)  # noqa: E731
