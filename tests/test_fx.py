@@ -20,12 +20,11 @@ from equivit.testing import assert_shift_equivariant, load_photos, perturb_weigh
 from helpers import FeatureMap
 from zoo import NODE_CONFIGS, Layout
 
-FAMILIES = NODE_CONFIGS
-IDS = [f[0] for f in FAMILIES]
+IDS = [f[0] for f in NODE_CONFIGS]
 
 # Families whose stock timm model builds with ``features_only=True, feature_cls="fx"`` (timm's feature_info
 # of Twins names modules that are not nodes, and distilled DeiT's has no entries to index).
-FX_FEATURES = [f for f in FAMILIES if f[0] not in ("twins_svt_small", "deit_tiny_distilled_patch16_224")]
+FX_FEATURES = [f for f in NODE_CONFIGS if f[0] not in ("twins_svt_small", "deit_tiny_distilled_patch16_224")]
 
 
 @functools.cache
@@ -36,7 +35,7 @@ def photos(size: tuple[int, int]) -> torch.Tensor:
 @functools.cache
 def _converted(name: str) -> nn.Module:
     torch.manual_seed(0)
-    kwargs = next(f[2] for f in FAMILIES if f[0] == name)
+    kwargs = next(f[2] for f in NODE_CONFIGS if f[0] == name)
     model = equivit.convert(perturb_weights_(timm.create_model(name, pretrained=False, **kwargs), seed=0)).eval()
     if model.equivit_report.new_parameters:  # the positional convolution too, so its circular padding matters
         perturb_weights_(model, seed=1, only=model.equivit_report.new_parameters)
@@ -75,7 +74,7 @@ def test_every_layer_is_a_leaf_or_traced_through() -> None:
     assert all(is_notrace_function(f) for f in NOTRACE_FUNCTIONS)
 
 
-@pytest.mark.parametrize(("name", "size", "kwargs", "nodes"), FAMILIES, ids=IDS)
+@pytest.mark.parametrize(("name", "size", "kwargs", "nodes"), NODE_CONFIGS, ids=IDS)
 def test_graph_node_names(
     name: str, size: tuple[int, int], kwargs: dict[str, object], nodes: dict[str, tuple[str, int, int]]
 ) -> None:
@@ -94,7 +93,7 @@ def test_graph_node_names(
         assert not [n for n in eval_nodes if n.startswith(leaf + ".")], leaf
 
 
-@pytest.mark.parametrize(("name", "size", "kwargs", "nodes"), FAMILIES, ids=IDS)
+@pytest.mark.parametrize(("name", "size", "kwargs", "nodes"), NODE_CONFIGS, ids=IDS)
 def test_feature_extractor_equals_eager_and_moves_with_the_image(
     name: str, size: tuple[int, int], kwargs: dict[str, object], nodes: dict[str, tuple[str, int, int]]
 ) -> None:

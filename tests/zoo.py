@@ -80,12 +80,12 @@ SMALL_SWIN = {
 }
 
 # Layout of a node's output: "nchw", "nhwc", or "nlc" (tokens, after ``prefix`` class tokens).
-Layout = tuple[str, int]  # (layout, prefix tokens)
+Layout = tuple[str, int, int]  # (layout, prefix tokens, stride)
 
 # (timm name, image size, timm arguments, {node: (layout, prefix tokens, stride)}). A negative stride marks
 # a node inside an anchored Swin stage: it lives in the stage's anchored frame, so a shift moves it by some
 # roll (whole windows away from shift / stride), not by exactly shift / stride.
-NODE_CONFIGS: list[tuple[str, tuple[int, int], dict[str, object], dict[str, tuple[str, int, int]]]] = [
+NODE_CONFIGS: list[tuple[str, tuple[int, int], dict[str, object], dict[str, Layout]]] = [
     (
         "vit_tiny_patch16_224",
         (64, 96),
