@@ -11,7 +11,7 @@ from torch import nn
 
 import equivit
 from equivit.layers import AnchoredMaxPool2d
-from equivit.layers.anchored_pool import keeps_grid
+from equivit.layers.anchored_pool import keeps_grid, separable_max_pool2d
 from equivit.testing.strategies import images, shifts
 from helpers import is_some_roll
 
@@ -28,6 +28,79 @@ def test_smoke_shape_and_reference() -> None:
     assert torch.equal(out, reference)
     assert AnchoredMaxPool2d(2)(x).shape == (2, 4, 4, 6)  # stride defaults to the kernel
     assert AnchoredMaxPool2d(3, 2, 1)(torch.randn(1, 1, 2, 2)).shape == (1, 1, 1, 1)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_matches_plain_pooling_with_the_input_layout(channels_last: bool) -> None:
+    # The CPU path pools a channels-last copy: same maxima (NaN and infinities included), and the
+    # output keeps the layout that nn.MaxPool2d would give.
+    torch.manual_seed(0)
+    x = torch.randn(3, 16, 12, 20)
+    x[0, 2, 3, 4], x[1, 5, 6, 7], x[2, 0, 0, 0] = float("nan"), float("inf"), float("-inf")
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    pool = AnchoredMaxPool2d(3, 2, 1)
+    out = pool(x)
+    anchored = equivit.roll_to_anchor(x, equivit.anchor_offsets(x, 2))
+    reference = nn.MaxPool2d(3, 2, 0)(F.pad(anchored, (1, 1, 1, 1), mode="circular"))
+    assert torch.equal(out.isnan(), reference.isnan())
+    assert torch.equal(out.nan_to_num(), reference.nan_to_num())
+    assert out.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+
+@given(
+    kernel=st.tuples(st.integers(1, 4), st.integers(1, 4)),
+    stride=st.tuples(st.integers(1, 3), st.integers(1, 3)),
+    dilation=st.tuples(st.integers(1, 2), st.integers(1, 2)),
+    size=st.tuples(st.integers(8, 19), st.integers(8, 19)),
+    dtype=st.sampled_from([torch.float32, torch.bfloat16, torch.float64]),
+    channels_last=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_separable_max_pool_equals_max_pool(
+    kernel: tuple[int, int],
+    stride: tuple[int, int],
+    dilation: tuple[int, int],
+    size: tuple[int, int],
+    dtype: torch.dtype,
+    channels_last: bool,
+    seed: int,
+) -> None:
+    generator = torch.Generator().manual_seed(seed)
+    # Few distinct values (many equal maxima), and NaN and infinities at random places.
+    x = torch.randint(-3, 4, (2, 3, *size), generator=generator).to(dtype)
+    special = torch.rand(x.shape, generator=generator)
+    x[special < 0.02] = float("nan")
+    x[(special >= 0.02) & (special < 0.04)] = float("inf")
+    x[(special >= 0.04) & (special < 0.06)] = float("-inf")
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    expected = F.max_pool2d(x, kernel, stride, 0, dilation)
+    out = separable_max_pool2d(x, kernel, stride, dilation)
+    assert out.shape == expected.shape
+    assert out.dtype == dtype
+    assert torch.equal(out.isnan(), expected.isnan())
+    assert torch.equal(out.nan_to_num(), expected.nan_to_num())
+    assert out.data_ptr() != x.data_ptr()
+
+
+def test_separable_max_pool_errors() -> None:
+    with pytest.raises(ValueError, match=r"3x3 window .* does not fit the 2 x 5 input of shape \(1, 1, 2, 5\)"):
+        separable_max_pool2d(torch.zeros(1, 1, 2, 5), (3, 3), (2, 2))
+
+
+def test_gradient_is_that_of_max_pool() -> None:
+    # With a gradient the layer pools with F.max_pool2d: equal maxima (zeros after a ReLU) send
+    # the whole gradient to the first one, as the stock pooling does.
+    x = torch.randn(2, 3, 8, 8).relu().requires_grad_()
+    pool = AnchoredMaxPool2d(3, 2, 1)
+    (grad,) = torch.autograd.grad(pool(x).sum(), x)
+    offsets = equivit.anchor_offsets(x.detach(), 2)
+    plain = x.detach().clone().requires_grad_()
+    padded = F.pad(equivit.roll_to_anchor(plain, offsets), (1, 1, 1, 1), mode="circular")
+    (expected,) = torch.autograd.grad(F.max_pool2d(padded, 3, 2).sum(), plain)
+    assert torch.equal(grad, expected)
+    assert torch.equal(pool(x.detach()), pool(x).detach())
 
 
 def test_keeps_grid() -> None:

@@ -10,7 +10,7 @@ from equivit.polyphase import Energy, _anchor_offsets, normalize_stride
 from equivit.report import shape_text
 from equivit.roll import _roll
 
-__all__ = ["AnchoredMaxPool2d", "keeps_grid"]
+__all__ = ["AnchoredMaxPool2d", "keeps_grid", "separable_max_pool2d"]
 
 
 def _pair(value: int | tuple[int, ...]) -> tuple[int, int]:
@@ -46,6 +46,54 @@ def keeps_grid(
     )
 
 
+def separable_max_pool2d(
+    x: torch.Tensor, kernel_size: tuple[int, int], stride: tuple[int, int], dilation: tuple[int, int] = (1, 1)
+) -> torch.Tensor:
+    r"""``F.max_pool2d(x, kernel_size, stride, 0, dilation)`` as maxima of strided slices, columns then rows.
+
+    The same values as ``F.max_pool2d`` (a maximum does not round; NaN propagates in both), but
+    several times as fast on the CPU for ``(B, C, H, W)`` maps, where torch's pooling kernel does
+    not vectorise: each output is the maximum over the window's columns, then over its rows,
+    every step one element-wise maximum of two strided views. Its gradient splits between equal
+    maxima where ``F.max_pool2d`` picks the first, so :class:`AnchoredMaxPool2d` uses it only for
+    inputs that do not require a gradient.
+
+    Args:
+        x: Input, already padded.
+        kernel_size: ``(kh, kw)``.
+        stride: ``(sh, sw)``.
+        dilation: ``(dh, dw)``.
+
+    Returns:
+        The pooled maps.
+
+    Shape:
+        - x: :math:`(B, C, H, W)`
+        - output: :math:`(B, C, \lfloor (H - d_h (k_h - 1) - 1) / s_h \rfloor + 1, \ldots)` as for ``F.max_pool2d``
+    """
+    height, width = x.shape[-2], x.shape[-1]
+    out_h = (height - dilation[0] * (kernel_size[0] - 1) - 1) // stride[0] + 1
+    out_w = (width - dilation[1] * (kernel_size[1] - 1) - 1) // stride[1] + 1
+    if out_h <= 0 or out_w <= 0:
+        raise ValueError(
+            f"separable_max_pool2d: a {kernel_size[0]}x{kernel_size[1]} window with dilation {dilation} does not fit "
+            f"the {height} x {width} input of shape {shape_text(list(x.shape))}"
+        )
+    span_w = (out_w - 1) * stride[1] + 1
+    columns = x[..., :, 0 : span_w : stride[1]]
+    for b in range(1, kernel_size[1]):
+        start = b * dilation[1]
+        columns = torch.maximum(columns, x[..., :, start : start + span_w : stride[1]])
+    span_h = (out_h - 1) * stride[0] + 1
+    pooled = columns[..., 0 : span_h : stride[0], :]
+    for a in range(1, kernel_size[0]):
+        start = a * dilation[0]
+        pooled = torch.maximum(pooled, columns[..., start : start + span_h : stride[0], :])
+    if kernel_size[0] == 1:
+        pooled = pooled.clone()  # a strided view of ``x`` or of the column maxima: give it its own memory
+    return pooled
+
+
 class AnchoredMaxPool2d(nn.MaxPool2d):
     """``nn.MaxPool2d`` that anchors its input (period = stride) and pads circularly.
 
@@ -54,6 +102,10 @@ class AnchoredMaxPool2d(nn.MaxPool2d):
     each sample is rolled to its polyphase anchor, padded circularly by ``padding``, and pooled
     without padding, so the output for a circularly shifted input is exactly a circular shift of
     the unshifted output. This is the stem pooling of ResNet (3x3, stride 2, padding 1).
+
+    On the CPU, for inputs that do not require a gradient, the pooling runs as
+    :func:`separable_max_pool2d` (same values, several times as fast as torch's kernel on
+    ``(B, C, H, W)`` maps); otherwise as ``F.max_pool2d``. The output keeps a channels-last layout.
 
     There are no parameters; the attributes are those of ``nn.MaxPool2d``.
 
@@ -97,6 +149,8 @@ class AnchoredMaxPool2d(nn.MaxPool2d):
         # The stride and padding as pairs of ints (nn.MaxPool2d keeps an int or a pair), typed for TorchScript.
         self.period: tuple[int, int] = step
         self.circular_padding: tuple[int, int] = pad
+        self.window: tuple[int, int] = kernel
+        self.window_dilation: tuple[int, int] = dil
 
     @classmethod
     def from_pool(cls, pool: nn.MaxPool2d, *, energy: Energy = "l1") -> AnchoredMaxPool2d:
@@ -149,7 +203,13 @@ class AnchoredMaxPool2d(nn.MaxPool2d):
         # Roll to the anchor and pad circularly in one gather, then pool without padding.
         offsets = _anchor_offsets(x, sh, sw, self.energy, False)
         anchored = _roll(x, offsets, False, 1, self.circular_padding)
-        return F.max_pool2d(anchored, self.kernel_size, self.period, 0, self.dilation)
+        if x.device.type == "cpu" and not x.requires_grad:
+            pooled = separable_max_pool2d(anchored, self.window, self.period, self.window_dilation)
+        else:
+            pooled = F.max_pool2d(anchored, self.kernel_size, self.period, 0, self.dilation)
+        if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+            return pooled.contiguous(memory_format=torch.channels_last)  # the gather gave (B, C, H, W)
+        return pooled
 
     def extra_repr(self) -> str:
         """MaxPool2d's description plus the circular padding and the energy."""
