@@ -238,8 +238,9 @@ def test_real_photos_have_no_unresolved_ties() -> None:
 # --- autograd and compile ---------------------------------------------------------------------
 
 
-def test_gradient_is_inverse_roll() -> None:
-    x = torch.randn(3, 2, 8, 12, dtype=torch.float64, requires_grad=True)
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_gradient_is_inverse_roll(memory_format: torch.memory_format) -> None:
+    x = torch.randn(3, 2, 8, 12, dtype=torch.float64).contiguous(memory_format=memory_format).requires_grad_()
     y, offsets = equivit.polyphase_anchor(x, (4, 6))
     upstream = torch.randn_like(y)
     (grad,) = torch.autograd.grad(y, x, upstream)
@@ -286,13 +287,13 @@ def test_compiles_with_inductor() -> None:
 @given(
     size=st.tuples(st.integers(1, 7), st.integers(1, 7)),
     padding=st.tuples(st.integers(0, 9), st.integers(0, 9)),
-    channels_last=st.booleans(),
+    layout=st.sampled_from(["contiguous", "channels-last memory", "tokens"]),
     seed=st.integers(0, 2**16),
 )
 def test_roll_to_anchor_pads_circularly_in_the_same_gather(
-    size: tuple[int, int], padding: tuple[int, int], channels_last: bool, seed: int
+    size: tuple[int, int], padding: tuple[int, int], layout: str, seed: int
 ) -> None:
-    """Padding larger than the map wraps around as often as needed."""
+    """Padding larger than the map wraps around as often as needed; a channels-last map stays channels-last."""
     generator = torch.Generator().manual_seed(seed)
     x = torch.randn(3, 2, *size, generator=generator)
     offsets = torch.stack([torch.randint(-9, 9, (3,), generator=generator) for _ in range(2)], dim=1)
@@ -302,8 +303,17 @@ def test_roll_to_anchor_pads_circularly_in_the_same_gather(
     expected = torch.stack(
         [torch.roll(x[b], (-int(o[0]), -int(o[1])), dims=(1, 2))[:, rows][:, :, cols] for b, o in enumerate(offsets)]
     )
-    if channels_last:
+    if layout == "tokens":
         got = equivit.roll_to_anchor(x.permute(0, 2, 3, 1), offsets, channels_last=True, padding=padding)
         assert torch.equal(got.permute(0, 3, 1, 2), expected)
-    else:
-        assert torch.equal(equivit.roll_to_anchor(x, offsets, padding=padding), expected)
+        return
+    memory_format = torch.channels_last if layout == "channels-last memory" else torch.contiguous_format
+    x = x.contiguous(memory_format=memory_format)
+    # A 1 x 1 map, or one channel, is both layouts at once: then either result layout is right.
+    either = x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+    got = equivit.roll_to_anchor(x, offsets, padding=padding)
+    assert torch.equal(got, expected)
+    assert either or got.is_contiguous(memory_format=memory_format)
+    back = equivit.roll_from_anchor(equivit.roll_to_anchor(x, offsets), offsets)
+    assert torch.equal(back, x)
+    assert either or back.is_contiguous(memory_format=memory_format)

@@ -45,6 +45,16 @@ def _check(x: torch.Tensor, offsets: torch.Tensor, channels_last: bool) -> None:
         raise ValueError(f"offsets must be int64 (as polyphase_anchor returns them), got {dtype_name(offsets.dtype)}")
 
 
+def _roll_tokens(x: torch.Tensor, offsets: torch.Tensor, sign: int, padding: tuple[int, int]) -> torch.Tensor:
+    """Roll (and pad) a ``(B, H, W, C)`` map whose tokens are contiguous: one row copy per token (index_select)."""
+    ph, pw = padding
+    batch, height, width, channels = x.shape
+    index = _flat_index(offsets, height, width, sign, padding)
+    index = (index + torch.arange(batch, device=index.device)[:, None] * (height * width)).reshape(-1)
+    rows = x.reshape(batch * height * width, channels).index_select(0, index)
+    return rows.view(batch, height + 2 * ph, width + 2 * pw, channels)
+
+
 def _roll(
     x: torch.Tensor, offsets: torch.Tensor, channels_last: bool, sign: int, padding: tuple[int, int] = (0, 0)
 ) -> torch.Tensor:
@@ -52,11 +62,11 @@ def _roll(
     ph, pw = padding
     if channels_last:
         # Whole tokens move: one row copy per token (index_select), not one index per element.
-        batch, height, width, channels = x.shape
-        index = _flat_index(offsets, height, width, sign, padding)
-        index = (index + torch.arange(batch, device=index.device)[:, None] * (height * width)).reshape(-1)
-        rows = x.reshape(batch * height * width, channels).index_select(0, index)
-        return rows.view(batch, height + 2 * ph, width + 2 * pw, channels)
+        return _roll_tokens(x, offsets, sign, padding)
+    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        # (B, C, H, W) held channels-last (ConvNeXt and PVT v2 maps): the tokens are contiguous,
+        # so move them whole, and the result keeps the layout.
+        return _roll_tokens(x.permute(0, 2, 3, 1), offsets, sign, padding).permute(0, 3, 1, 2)
     batch, channels, height, width = x.shape
     index = _flat_index(offsets, height, width, sign, padding)
     index = index[:, None, :].expand(batch, channels, index.shape[1])
@@ -85,7 +95,8 @@ def roll_to_anchor(
         padding: ``(ph, pw)``: rows and columns of circular padding added on each side.
 
     Returns:
-        The rolled tensor, same dtype as ``x``, padded if asked.
+        The rolled tensor, same dtype as ``x``, padded if asked. A ``(B, C, H, W)`` map held
+        channels-last (``torch.channels_last``) comes out channels-last; others contiguous.
 
     Raises:
         ValueError: If ``x`` is not 4-D or ``offsets`` is not int64 of shape ``(B, 2)``.
