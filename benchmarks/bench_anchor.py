@@ -4,14 +4,22 @@ A clone reads and writes the tensor once: the least any op that returns a new ro
 cost. The ratio anchor / clone is printed as a Markdown table (median of ``--repeats`` runs,
 interleaved so that both see the same machine state).
 
-    python benchmarks/bench_anchor.py [--device cuda] [--repeats 15]
+    python benchmarks/bench_anchor.py [--device cuda] [--repeats 15] [--reuse-memory]
+
+On Linux, glibc serves large allocations (above a threshold that grows to at most 32 MB) with
+fresh pages from the kernel, and touching them can cost as much as the copy itself: the larger
+inputs below then time page faults as much as memory traffic, in the clone and the anchor alike. ``--reuse-memory`` restarts the
+benchmark with glibc's ``mmap`` allocations turned off (``MALLOC_MMAP_MAX_=0``), so that freed
+memory is reused as a caching allocator would, and the ratio measures the work of the two ops.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
+import sys
 
 import torch
 
@@ -27,6 +35,9 @@ CASES: list[tuple[tuple[int, int, int, int], int, bool]] = [
     ((64, 56, 56, 64), 7, True),
     ((64, 28, 28, 128), 4, True),
 ]
+
+# glibc's switch that turns off mmap for large allocations, and its value.
+REUSE_MEMORY = ("MALLOC_MMAP_MAX_", "0")
 
 
 def measure(
@@ -59,7 +70,13 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument(
+        "--reuse-memory", action="store_true", help="restart with glibc's mmap allocations off (Linux, CPU)"
+    )
     args = parser.parse_args()
+    if args.reuse_memory and os.environ.get(REUSE_MEMORY[0]) != REUSE_MEMORY[1]:
+        environment = {**os.environ, REUSE_MEMORY[0]: REUSE_MEMORY[1], "MALLOC_TRIM_THRESHOLD_": str(2**36)}
+        os.execve(sys.executable, [sys.executable, *sys.argv], environment)
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype)
     name = (
@@ -67,7 +84,11 @@ def main() -> None:
         if device.type == "cuda"
         else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
     )
-    print(f"device: {device.type} ({name}); torch {torch.__version__}; dtype {args.dtype}; median of {args.repeats}")
+    allocator = "glibc mmap off (memory reused)" if os.environ.get(REUSE_MEMORY[0]) == REUSE_MEMORY[1] else "default"
+    print(
+        f"device: {device.type} ({name}); torch {torch.__version__}; dtype {args.dtype}; median of {args.repeats}; "
+        f"allocator: {allocator}"
+    )
     print()
     print("| input | layout | stride | clone ms | anchor ms | anchor / clone |")
     print("|---|---|---|---|---|---|")
