@@ -89,6 +89,16 @@ def test_separable_max_pool_errors() -> None:
         separable_max_pool2d(torch.zeros(1, 1, 2, 5), (3, 3), (2, 2))
 
 
+def test_separable_max_pool_gradient_and_compile() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 9, 11, dtype=torch.float64, requires_grad=True)  # no equal maxima
+    assert torch.autograd.gradcheck(lambda t: separable_max_pool2d(t, (3, 3), (2, 2)), (x,))
+    compiled = torch.compile(separable_max_pool2d, fullgraph=True, backend="aot_eager")
+    assert torch.equal(
+        compiled(x.detach(), (3, 2), (2, 3), (1, 2)), separable_max_pool2d(x.detach(), (3, 2), (2, 3), (1, 2))
+    )
+
+
 def test_gradient_is_that_of_max_pool() -> None:
     # With a gradient the layer pools with F.max_pool2d: equal maxima (zeros after a ReLU) send
     # the whole gradient to the first one, as the stock pooling does.

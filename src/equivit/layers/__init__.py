@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from equivit.layers.anchored_block import AnchoredBasicBlock, AnchoredBottleneck
 from equivit.layers.anchored_conv import AnchoredConv2d
-from equivit.layers.anchored_pool import AnchoredMaxPool2d
+from equivit.layers.anchored_pool import AnchoredMaxPool2d, separable_max_pool2d
 from equivit.layers.circular_conv import CircularConv2d, circular_conv2d, make_circular
 from equivit.layers.patch_embed import AnchoredPatchEmbed
 from equivit.layers.patch_merging import AnchoredPatchMerging, AnchoredPatchMergingV2, anchored_patch_merging
@@ -45,4 +45,5 @@ __all__ = [
     "circular_conv2d",
     "make_circular",
     "make_conv_circular",
+    "separable_max_pool2d",
 ]
