@@ -8,9 +8,10 @@ interleaved so that both see the same machine state).
 
 On Linux, glibc serves large allocations (above a threshold that grows to at most 32 MB) with
 fresh pages from the kernel, and touching them can cost as much as the copy itself: the larger
-inputs below then time page faults as much as memory traffic, in the clone and the anchor alike. ``--reuse-memory`` restarts the
-benchmark with glibc's ``mmap`` allocations turned off (``MALLOC_MMAP_MAX_=0``), so that freed
-memory is reused as a caching allocator would, and the ratio measures the work of the two ops.
+inputs below then time page faults as much as memory traffic, in the clone and the anchor alike.
+``--reuse-memory`` restarts the benchmark with glibc's ``mmap`` allocations turned off
+(``MALLOC_MMAP_MAX_=0``), so that freed memory is reused as a caching allocator would, and the
+ratio measures the work of the two ops.
 """
 
 from __future__ import annotations

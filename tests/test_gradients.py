@@ -93,6 +93,8 @@ def test_anchoring_ops_double_backward_in_float64() -> None:
     large = torch.randn(1, 3, 16, 17, dtype=torch.float64, requires_grad=True)  # 16 x the padding: strips
     depthwise = lambda t, w: circular_conv2d(t, w, None, (1, 1), (1, 1), (1, 1), 3)  # noqa: E731
     assert torch.autograd.gradgradcheck(depthwise, (large, weight)), "circular_conv2d, depthwise"
+    tokens = large.detach().contiguous(memory_format=torch.channels_last).requires_grad_()  # strips, channels-last
+    assert torch.autograd.gradgradcheck(depthwise, (tokens, weight)), "circular_conv2d, depthwise, channels-last"
     small = torch.randn(2, 3, 2, 3, dtype=torch.float64, requires_grad=True)
     dense = torch.randn(4, 3, 3, 3, dtype=torch.float64, requires_grad=True)
     conv = lambda t, w: circular_conv2d(t, w, None, (1, 1), (1, 1), (1, 1), 1)  # noqa: E731
