@@ -64,7 +64,7 @@ def _roll(
         # Whole tokens move: one row copy per token (index_select), not one index per element.
         return _roll_tokens(x, offsets, sign, padding)
     if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
-        # (B, C, H, W) held channels-last (ConvNeXt and PVT v2 maps): the tokens are contiguous,
+        # (B, C, H, W) held channels-last (ConvNeXt's maps): the tokens are contiguous,
         # so move them whole, and the result keeps the layout.
         return _roll_tokens(x.permute(0, 2, 3, 1), offsets, sign, padding).permute(0, 3, 1, 2)
     batch, channels, height, width = x.shape

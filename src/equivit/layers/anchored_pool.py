@@ -203,13 +203,10 @@ class AnchoredMaxPool2d(nn.MaxPool2d):
         # Roll to the anchor and pad circularly in one gather, then pool without padding.
         offsets = _anchor_offsets(x, sh, sw, self.energy, False)
         anchored = _roll(x, offsets, False, 1, self.circular_padding)
+        # The roll keeps a channels-last layout, and both poolings keep their input's.
         if x.device.type == "cpu" and not x.requires_grad:
-            pooled = separable_max_pool2d(anchored, self.window, self.period, self.window_dilation)
-        else:
-            pooled = F.max_pool2d(anchored, self.kernel_size, self.period, 0, self.dilation)
-        if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
-            return pooled.contiguous(memory_format=torch.channels_last)  # the gather gave (B, C, H, W)
-        return pooled
+            return separable_max_pool2d(anchored, self.window, self.period, self.window_dilation)
+        return F.max_pool2d(anchored, self.kernel_size, self.period, 0, self.dilation)
 
     def extra_repr(self) -> str:
         """MaxPool2d's description plus the circular padding and the energy."""
