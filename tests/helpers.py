@@ -33,15 +33,22 @@ def is_whole_period_roll(
     )
 
 
-def anchor_consistency(x: torch.Tensor, stride: tuple[int, int], shift: tuple[int, int]) -> torch.Tensor:
+def anchor_consistency(
+    x: torch.Tensor, stride: tuple[int, int], shift: tuple[int, int], *, channels_last: bool = False
+) -> torch.Tensor:
     """Per sample: anchoring ``roll(x, shift)`` gives ``anchor(x)`` rolled by whole periods, exactly.
 
     Shape:
-        - x: :math:`(B, C, H, W)`
+        - x: :math:`(B, C, H, W)`, or :math:`(B, H, W, C)` with ``channels_last=True``
         - output: :math:`(B,)` booleans
     """
-    y, offsets = equivit.polyphase_anchor(x, stride)
-    y_shifted, offsets_shifted = equivit.polyphase_anchor(torch.roll(x, shift, dims=(2, 3)), stride)
+    dims = (1, 2) if channels_last else (2, 3)
+    y, offsets = equivit.polyphase_anchor(x, stride, channels_last=channels_last)
+    y_shifted, offsets_shifted = equivit.polyphase_anchor(
+        torch.roll(x, shift, dims=dims), stride, channels_last=channels_last
+    )
+    if channels_last:
+        y, y_shifted = y.permute(0, 3, 1, 2), y_shifted.permute(0, 3, 1, 2)
     # y_shifted == roll(y, shift - offsets_shifted + offsets) by construction; checked, not assumed.
     relative = torch.tensor(shift) - offsets_shifted + offsets
     return torch.tensor(

@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 import equivit
 from equivit.demo import load_photos
-from equivit.polyphase import normalize_stride
+from equivit.polyphase import _position_norms, normalize_stride
 from equivit.testing import FAMILIES, make_images
 from helpers import anchor_consistency, naive_consistency
 
@@ -147,6 +147,79 @@ def test_anchor_is_shift_consistent(data: st.DataObject, stride, dtype: torch.dt
     assert bool(anchor_consistency(x, (sh, sw), shift).all()), (
         f"inconsistent anchors for {family} {dtype} {shape} stride {(sh, sw)} shift {shift}"
     )
+
+
+@given(
+    channels=st.integers(1, 70),
+    size=st.tuples(st.integers(1, 9), st.integers(1, 40)),
+    channels_last=st.booleans(),
+    dtype=st.sampled_from([torch.float32, torch.bfloat16, torch.float64]),
+    l1=st.booleans(),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_equal_tokens_get_identical_position_norms(
+    channels: int, size: tuple[int, int], channels_last: bool, dtype: torch.dtype, l1: bool, seed: int
+) -> None:
+    """The per-position norms behind the CPU energies are bit-identical for equal tokens, wherever they sit.
+
+    Continuous tokens of widely spread magnitudes, so that any difference in summation order
+    between positions shows in the last bits (a strided float32 ``sum`` over the channels of a
+    ``(B, C, H, W)`` map fails this for most channel counts above four).
+    """
+    generator = torch.Generator().manual_seed(seed)
+    palette = torch.randn(3, channels, generator=generator) * torch.exp(
+        3 * torch.randn(3, channels, generator=generator)
+    )
+    choice = torch.randint(0, 3, (2, *size), generator=generator)
+    tokens = palette.to(dtype)[choice]  # (2, H, W, C)
+    x = tokens if channels_last else tokens.permute(0, 3, 1, 2).contiguous()
+    norms = _position_norms(x, l1, channels_last)
+    assert norms.shape == (2, *size)
+    assert norms.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    for k in range(3):
+        values = norms[choice == k]
+        assert values.numel() == 0 or bool((values == values[0]).all()), f"token {k}: {values.unique()}"
+    exact = tokens.double().abs().sum(-1) if l1 else tokens.double().square().sum(-1)
+    torch.testing.assert_close(norms.double(), exact, rtol=1e-5, atol=0)
+
+
+@given(
+    channels=st.integers(5, 40),
+    stride=STRIDES,
+    cells=st.tuples(st.integers(1, 6), st.integers(1, 6)),
+    seed=st.integers(0, 2**31 - 1),
+    data=st.data(),
+)
+def test_many_channel_continuous_patterns_are_shift_consistent(
+    channels: int, stride, cells: tuple[int, int], seed: int, data: st.DataObject
+) -> None:
+    """Checkerboards of continuous random tokens with many channels: ties everywhere, decided exactly.
+
+    Every polyphase component holds the same multiset of tokens in several phases, so the
+    anchor rests on bit-identical energies; any position-dependent rounding would break it.
+    """
+    sh, sw = normalize_stride(stride)
+    height, width = sh * data.draw(st.integers(1, 48 // sh)), sw * data.draw(st.integers(1, 48 // sw))
+    generator = torch.Generator().manual_seed(seed)
+    palette = torch.randn(2, channels, generator=generator) * torch.exp(
+        2 * torch.randn(2, channels, generator=generator)
+    )
+    rows = torch.arange(height)[:, None] // cells[0]
+    cols = torch.arange(width)[None, :] // cells[1]
+    x = palette[(rows + cols) % 2].permute(2, 0, 1)[None].repeat(2, 1, 1, 1)
+    x[1] = x[1].flip(0)  # a second sample with the channels reversed
+    shift = data.draw(st.tuples(st.integers(0, height - 1), st.integers(0, width - 1)))
+    assert bool(anchor_consistency(x, (sh, sw), shift).all())
+    tokens = x.permute(0, 2, 3, 1).contiguous()
+    assert bool(anchor_consistency(tokens, (sh, sw), shift, channels_last=True).all())
+
+
+def test_cpu_energy_is_the_l1_norm_within_rounding() -> None:
+    x = torch.randn(3, 17, 24, 40) * torch.exp(2 * torch.randn(3, 17, 1, 1))
+    exact = x.double().abs().reshape(3, 17, 6, 4, 5, 8).sum(dim=(1, 2, 4))
+    torch.testing.assert_close(equivit.polyphase_energy(x, (4, 8)), exact, rtol=1e-6, atol=0)
+    tokens = x.permute(0, 2, 3, 1)
+    torch.testing.assert_close(equivit.polyphase_energy(tokens, (4, 8), channels_last=True), exact, rtol=1e-6, atol=0)
 
 
 @pytest.mark.parametrize(

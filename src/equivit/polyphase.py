@@ -13,6 +13,8 @@ Choosing the component:
 1. **Energy.** The L1 norm of each component (default; L2 is available). After a LayerNorm
    every token has nearly the same L2 norm and L2 energies tie, so L1 is the default. Energies
    are accumulated in float64 whatever the input dtype (float32 on MPS, which has no float64).
+   In eager mode on the CPU, each position's channels are summed in float32 first (in an order
+   that is the same for every position) and those per-position norms are summed in float64.
 2. **Ties, from content only.** Equal energies are common on synthetic images (binary, constant,
    stripes, checkerboards, dots). ``argmax`` would take the first index, which is not
    shift-consistent. Instead each candidate is ranked by the whole energy grid read from its
@@ -29,9 +31,11 @@ Choosing the component:
 
 Exactness: a tie between candidates is only seen as a tie if their energies are summed without
 rounding, since the summation order follows the position in the image. Float64 accumulation is
-exact when, within a candidate, ``log2(count) + log2(largest / smallest nonzero |x|)`` stays below
-about 29 bits for float32 input (45 for bfloat16 or float16): quantised, binary and image data
-stay far inside this; continuous features only tie by accident of symmetry.
+exact when, within a candidate, ``log2(count) + log2(largest / smallest nonzero value)`` stays
+below about 29 bits for float32 values (45 for bfloat16 or float16), the values being ``|x|`` or,
+on the eager CPU path, the float32 per-position norms: quantised, binary and image data stay far
+inside this; continuous features only tie by accident of symmetry. The per-position norms are
+rounded, but identically for equal tokens, so equal multisets of tokens still give equal energies.
 """
 
 from __future__ import annotations
@@ -145,27 +149,61 @@ def _reduce(view: torch.Tensor, dims: list[int], l1: bool, acc: torch.dtype) -> 
     return torch.sum(torch.square(view.to(acc)), dim=dims)
 
 
-def _reduce_staged(view: torch.Tensor, dims: list[int], first: int, l1: bool, acc: torch.dtype) -> torch.Tensor:
-    """:func:`_reduce` in two sums: over axis ``first`` (one of ``dims``), then over the others.
+def _position_norms(x: torch.Tensor, l1: bool, channels_last: bool) -> torch.Tensor:
+    """Per-position L1 norm (or squared L2 norm) over the channels, float32 (float64 for float64 input).
 
-    On the CPU, summing whole planes or rows first (the channels, or for a few channels the
-    innermost block axis) is two to five times as fast as one reduction over strided axes. With
-    the accumulator's headroom the sums are exact, so the order does not change the result.
+    Equal tokens give bit-identical values wherever they sit, which the energies rely on. A
+    channels-last map sums each token as one contiguous row, the same way for every token. A
+    ``(B, C, H, W)`` map is summed by elementwise adds of channel halves: a strided reduction
+    over ``C`` on the CPU sums the positions of a vector body and of its tail in different
+    orders, and so gives equal tokens different values.
+
+    Shape:
+        - x: :math:`(B, C, H, W)`, or :math:`(B, H, W, C)` with ``channels_last=True``
+        - output: :math:`(B, H, W)`
     """
-    values = view.to(acc, copy=True)  # a copy: the in-place steps below must not touch float64 input
-    values = values.abs_() if l1 else values.square_()  # in place: out-of-place is slow on these 6-D views
-    rest: list[int] = []
-    for d in dims:
-        if d != first:
-            rest.append(d - 1 if d > first else d)
-    return values.sum(dim=first).sum(dim=rest)
+    wide = x if x.dtype == torch.float64 else x.to(torch.float32)
+    values = wide.abs() if l1 else wide.square()  # a new tensor: the adds below may run in place
+    if channels_last:
+        return values.sum(dim=-1)
+    while values.shape[1] > 1:
+        half = values.shape[1] // 2
+        odd = values.shape[1] % 2 == 1
+        head = values.narrow(1, 0, half)
+        head.add_(values.narrow(1, half, half))
+        if odd:
+            head.narrow(1, 0, 1).add_(values.narrow(1, 2 * half, 1))
+        values = head
+    return values[:, 0]
 
 
-def _reduce_in_slices(view: torch.Tensor, dims: list[int], first: int, l1: bool, acc: torch.dtype) -> torch.Tensor:
-    """:func:`_reduce_staged` over cache-sized slices of the batch (CPU, not compiled)."""
-    per_sample = view.numel() // view.shape[0]
-    parts = view.split(max(1, 262144 // per_sample))  # 2**18 elements a slice (a literal for TorchScript)
-    return torch.cat([_reduce_staged(part, dims, first, l1, acc) for part in parts])
+def _energy_by_positions(x: torch.Tensor, ph: int, pw: int, l1: bool, channels_last: bool) -> torch.Tensor:
+    """Energies as float64 sums of :func:`_position_norms`, in cache-sized slices of the batch (CPU, eager).
+
+    One pass over the input, which stays in the cache for the adds; only the per-position norms
+    (a channel's worth of data) are converted to float64. The float64 sums are exact within the
+    headroom documented above, so their order does not matter.
+
+    Shape:
+        - output: :math:`(B, p_h, p_w)`
+    """
+    per_sample = x.numel() // x.shape[0]
+    energies: list[torch.Tensor] = []
+    for part in x.split(max(1, 1048576 // per_sample)):  # 2**20 elements a slice (a literal for TorchScript)
+        norms = _position_norms(part, l1, channels_last).to(torch.float64)
+        batch, height, width = norms.shape
+        grid = norms.view(batch, height // ph, ph, width // pw, pw)
+        energies.append(grid.sum(dim=1).sum(dim=2))
+    return torch.cat(energies)
+
+
+def _fast_cpu_path(x: torch.Tensor) -> bool:
+    """Whether the eager CPU path (per-position norms in slices) applies: not under ``torch.compile``/export."""
+    fast = x.device.type == "cpu" and x.shape[0] > 0
+    if not torch.jit.is_scripting():  # noqa: SIM102 (TorchScript skips only this exact condition)
+        if _tracing():
+            fast = False
+    return fast
 
 
 def _energy(x: torch.Tensor, ph: int, pw: int, l1: bool, channels_last: bool) -> torch.Tensor:
@@ -176,6 +214,12 @@ def _energy(x: torch.Tensor, ph: int, pw: int, l1: bool, channels_last: bool) ->
         - output: :math:`(B, p_h, p_w)`
     """
     x = x.detach()
+    # Eager (and TorchScript) CPU reductions with a float64 accumulator convert the whole input
+    # first and reduce strided axes slowly: summing the channels of each position in float32
+    # first, in cache-sized slices, costs a third as much. Compiled graphs and accelerators fuse
+    # the single float64 reduction instead.
+    if _fast_cpu_path(x):
+        return torch.nan_to_num(_energy_by_positions(x, ph, pw, l1, channels_last), nan=float("inf"))
     height, width = _spatial_size(x, channels_last)
     if channels_last:
         view = x.reshape(x.shape[0], height // ph, ph, width // pw, pw, x.shape[3])
@@ -184,17 +228,6 @@ def _energy(x: torch.Tensor, ph: int, pw: int, l1: bool, channels_last: bool) ->
         view = x.reshape(x.shape[0], x.shape[1], height // ph, ph, width // pw, pw)
         dims = [1, 2, 4]
     acc = _accumulate_dtype(x)
-    # Eager (and TorchScript) CPU reductions with a float64 accumulator convert the whole input
-    # first, and reduce strided axes slowly: in cache-sized slices of the batch, channels first
-    # (the innermost block axis for an image's few channels), it costs a fifth to a half.
-    # Compiled graphs and accelerators fuse the single reduction instead.
-    staged = x.device.type == "cpu" and x.shape[0] > 0
-    if not torch.jit.is_scripting():  # noqa: SIM102 (TorchScript skips only this exact condition)
-        if _tracing():
-            staged = False
-    if staged:
-        first = 5 if channels_last else 1 if x.shape[1] >= 16 else 4
-        return torch.nan_to_num(_reduce_in_slices(view, dims, first, l1, acc), nan=float("inf"))
     return torch.nan_to_num(_reduce(view, dims, l1, acc), nan=float("inf"))
 
 
@@ -207,7 +240,9 @@ def polyphase_energy(
 ) -> torch.Tensor:
     """Energy of every polyphase component of period ``(ph, pw)``, in float64.
 
-    ``out[b, i, j]`` is the L1 norm (or squared L2 norm) of ``x[b, :, i::ph, j::pw]``.
+    ``out[b, i, j]`` is the L1 norm (or squared L2 norm) of ``x[b, :, i::ph, j::pw]``. In eager
+    mode on the CPU it is the float64 sum of float32 per-position norms (relative error about
+    ``1e-7``; equal tokens give bit-identical norms wherever they sit, so exact ties stay exact).
 
     Args:
         x: Feature maps; ``H`` and ``W`` multiples of the period.
@@ -289,7 +324,10 @@ def _pixel_rank(x: torch.Tensor, sh: int, sw: int, channels_last: bool) -> torch
     batch = x.shape[0]
     height, width = _spatial_size(x, channels_last)
     acc = _accumulate_dtype(x)
-    l1 = torch.linalg.vector_norm(x.detach(), ord=1, dim=-1 if channels_last else 1, dtype=acc)
+    if _fast_cpu_path(x):
+        l1 = _position_norms(x.detach(), True, channels_last).to(acc)
+    else:
+        l1 = torch.linalg.vector_norm(x.detach(), ord=1, dim=-1 if channels_last else 1, dtype=acc)
     l1 = torch.nan_to_num(l1, nan=float("inf")).reshape(batch, -1)
     mix = torch.nan_to_num(_channel_mix(x, channels_last), nan=float("inf")).reshape(batch, -1)
     pixels = height * width
