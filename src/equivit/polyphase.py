@@ -188,13 +188,16 @@ def _energy_by_positions(x: torch.Tensor, ph: int, pw: int, l1: bool, channels_l
         - output: :math:`(B, p_h, p_w)`
     """
     per_sample = x.numel() // x.shape[0]
-    energies: list[torch.Tensor] = []
-    for part in x.split(max(1, 1048576 // per_sample)):  # 2**20 elements a slice (a literal for TorchScript)
-        norms = _position_norms(part, l1, channels_last).to(torch.float64)
-        batch, height, width = norms.shape
-        grid = norms.view(batch, height // ph, ph, width // pw, pw)
-        energies.append(grid.sum(dim=1).sum(dim=2))
-    return torch.cat(energies)
+    count = max(1, 1048576 // per_sample)  # 2**20 elements a slice (a literal for TorchScript)
+    if count >= x.shape[0]:
+        return _slice_energy(x, ph, pw, l1, channels_last)
+    return torch.cat([_slice_energy(part, ph, pw, l1, channels_last) for part in x.split(count)])
+
+
+def _slice_energy(x: torch.Tensor, ph: int, pw: int, l1: bool, channels_last: bool) -> torch.Tensor:
+    norms = _position_norms(x, l1, channels_last).to(torch.float64)
+    batch, height, width = norms.shape
+    return norms.view(batch, height // ph, ph, width // pw, pw).sum(dim=1).sum(dim=2)
 
 
 def _fast_cpu_path(x: torch.Tensor) -> bool:
