@@ -195,6 +195,7 @@ def _energy_by_positions(x: torch.Tensor, ph: int, pw: int, l1: bool, channels_l
 
 
 def _slice_energy(x: torch.Tensor, ph: int, pw: int, l1: bool, channels_last: bool) -> torch.Tensor:
+    """The energies of one slice of the batch: its per-position norms summed in float64."""
     norms = _position_norms(x, l1, channels_last).to(torch.float64)
     batch, height, width = norms.shape
     return norms.view(batch, height // ph, ph, width // pw, pw).sum(dim=1).sum(dim=2)
@@ -219,7 +220,7 @@ def _energy(x: torch.Tensor, ph: int, pw: int, l1: bool, channels_last: bool) ->
     x = x.detach()
     # Eager (and TorchScript) CPU reductions with a float64 accumulator convert the whole input
     # first and reduce strided axes slowly: summing the channels of each position in float32
-    # first, in cache-sized slices, costs a third as much. Compiled graphs and accelerators fuse
+    # first, in cache-sized slices, costs about half. Compiled graphs and accelerators fuse
     # the single float64 reduction instead.
     if _fast_cpu_path(x):
         return torch.nan_to_num(_energy_by_positions(x, ph, pw, l1, channels_last), nan=float("inf"))
