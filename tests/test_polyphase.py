@@ -153,18 +153,27 @@ def test_anchor_is_shift_consistent(data: st.DataObject, stride, dtype: torch.dt
     channels=st.integers(1, 70),
     size=st.tuples(st.integers(1, 9), st.integers(1, 40)),
     channels_last=st.booleans(),
+    other_memory=st.booleans(),
     dtype=st.sampled_from([torch.float32, torch.bfloat16, torch.float64]),
     l1=st.booleans(),
     seed=st.integers(0, 2**31 - 1),
 )
 def test_equal_tokens_get_identical_position_norms(
-    channels: int, size: tuple[int, int], channels_last: bool, dtype: torch.dtype, l1: bool, seed: int
+    channels: int,
+    size: tuple[int, int],
+    channels_last: bool,
+    other_memory: bool,
+    dtype: torch.dtype,
+    l1: bool,
+    seed: int,
 ) -> None:
     """The per-position norms behind the CPU energies are bit-identical for equal tokens, wherever they sit.
 
     Continuous tokens of widely spread magnitudes, so that any difference in summation order
     between positions shows in the last bits (a strided float32 ``sum`` over the channels of a
-    ``(B, C, H, W)`` map fails this for most channel counts above four).
+    ``(B, C, H, W)`` map fails this for most channel counts above four). With ``other_memory``
+    the memory layout is the other one: tokens viewed from a ``(B, C, H, W)`` tensor by a
+    permute, or a ``(B, C, H, W)`` map held channels-last.
     """
     generator = torch.Generator().manual_seed(seed)
     palette = torch.randn(3, channels, generator=generator) * torch.exp(
@@ -172,7 +181,11 @@ def test_equal_tokens_get_identical_position_norms(
     )
     choice = torch.randint(0, 3, (2, *size), generator=generator)
     tokens = palette.to(dtype)[choice]  # (2, H, W, C)
-    x = tokens if channels_last else tokens.permute(0, 3, 1, 2).contiguous()
+    if channels_last:
+        x = tokens.permute(0, 3, 1, 2).contiguous().permute(0, 2, 3, 1) if other_memory else tokens
+    else:
+        x = tokens.permute(0, 3, 1, 2)
+        x = x.contiguous(memory_format=torch.channels_last) if other_memory else x.contiguous()
     norms = _position_norms(x, l1, channels_last)
     assert norms.shape == (2, *size)
     assert norms.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)

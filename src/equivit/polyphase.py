@@ -152,29 +152,32 @@ def _reduce(view: torch.Tensor, dims: list[int], l1: bool, acc: torch.dtype) -> 
 def _position_norms(x: torch.Tensor, l1: bool, channels_last: bool) -> torch.Tensor:
     """Per-position L1 norm (or squared L2 norm) over the channels, float32 (float64 for float64 input).
 
-    Equal tokens give bit-identical values wherever they sit, which the energies rely on. A
-    channels-last map sums each token as one contiguous row, the same way for every token. A
-    ``(B, C, H, W)`` map is summed by elementwise adds of channel halves: a strided reduction
-    over ``C`` on the CPU sums the positions of a vector body and of its tail in different
+    Equal tokens give bit-identical values wherever they sit, which the energies rely on. Where
+    the channels of a token are contiguous in memory (a ``(B, H, W, C)`` map, or a
+    ``(B, C, H, W)`` map held channels-last), each token is summed as one contiguous row, the
+    same way for every token. Otherwise (a ``(B, C, H, W)`` map, or tokens viewed from one by a
+    permute) the channels are summed by elementwise adds of channel halves: a strided reduction
+    over them on the CPU sums the positions of a vector body and of its tail in different
     orders, and so gives equal tokens different values.
 
     Shape:
         - x: :math:`(B, C, H, W)`, or :math:`(B, H, W, C)` with ``channels_last=True``
         - output: :math:`(B, H, W)`
     """
+    dim = 3 if channels_last else 1
     wide = x if x.dtype == torch.float64 else x.to(torch.float32)
-    values = wide.abs() if l1 else wide.square()  # a new tensor: the adds below may run in place
-    if channels_last:
-        return values.sum(dim=-1)
-    while values.shape[1] > 1:
-        half = values.shape[1] // 2
-        odd = values.shape[1] % 2 == 1
-        head = values.narrow(1, 0, half)
-        head.add_(values.narrow(1, half, half))
+    values = wide.abs() if l1 else wide.square()  # a new tensor (in the layout of x): the adds may run in place
+    if values.stride(dim) == 1:
+        return values.sum(dim=dim)
+    while values.shape[dim] > 1:
+        half = values.shape[dim] // 2
+        odd = values.shape[dim] % 2 == 1
+        head = values.narrow(dim, 0, half)
+        head.add_(values.narrow(dim, half, half))
         if odd:
-            head.narrow(1, 0, 1).add_(values.narrow(1, 2 * half, 1))
+            head.narrow(dim, 0, 1).add_(values.narrow(dim, 2 * half, 1))
         values = head
-    return values[:, 0]
+    return values.select(dim, 0)
 
 
 def _energy_by_positions(x: torch.Tensor, ph: int, pw: int, l1: bool, channels_last: bool) -> torch.Tensor:
