@@ -2,8 +2,9 @@
 
 For each model: forward in eval mode (no grad) and one training step (forward, cross-entropy,
 backward, SGD step), batch 16 at 224 px, random init. Stock and converted runs alternate so that
-both see the same machine state; the table gives medians and the ratio converted / stock of
-throughput (higher is better, 1.0 = as fast as stock).
+both see the same machine state, each going first in every other pair; the table gives medians
+and the ratio converted / stock of throughput (higher is better, 1.0 = as fast as stock), and the
+quartiles of the same ratio taken pair by pair, which show how much the machine moved.
 
     python benchmarks/bench_models.py [--device cuda] [--repeats 7] [--batch 16] [--models NAME ...] [--modes forward]
         [--threads 1]
@@ -84,8 +85,8 @@ def main() -> None:
         f"{torch.get_num_threads()} threads, device {device}, batch {args.batch}, 224 px, median of {args.repeats}"
     )
     print()
-    print("| model | mode | stock ms | converted ms | converted / stock throughput |")
-    print("|---|---|---|---|---|")
+    print("| model | mode | stock ms | converted ms | converted / stock throughput | pairwise, quartiles |")
+    print("|---|---|---|---|---|---|")
     for name in args.models:
         stock = timm.create_model(name).to(device)
         converted = equivit.convert(stock)
@@ -97,11 +98,17 @@ def main() -> None:
             for step in steps.values():  # warm-up
                 step()
             times: dict[str, list[float]] = {"stock": [], "converted": []}
-            for _ in range(args.repeats):
-                for key, step in steps.items():
-                    times[key].append(timed(step, device))
+            for repeat in range(args.repeats):
+                order = ("stock", "converted") if repeat % 2 == 0 else ("converted", "stock")
+                for key in order:
+                    times[key].append(timed(steps[key], device))
             stock_ms, converted_ms = statistics.median(times["stock"]), statistics.median(times["converted"])
-            print(f"| {name} | {mode} | {stock_ms:.1f} | {converted_ms:.1f} | {stock_ms / converted_ms:.3f} |")
+            pairs = [s / c for s, c in zip(times["stock"], times["converted"], strict=True)]
+            low, _, high = statistics.quantiles(pairs, n=4) if len(pairs) > 1 else (pairs[0],) * 3
+            print(
+                f"| {name} | {mode} | {stock_ms:.1f} | {converted_ms:.1f} | {stock_ms / converted_ms:.3f} "
+                f"| {low:.3f} to {high:.3f} |"
+            )
 
 
 if __name__ == "__main__":
