@@ -32,7 +32,8 @@ def convert_pvt_v2(model: nn.Module, report: ConversionReport, energy: Energy) -
     The overlapping patch embeddings (the 7 x 7 stride-4 stem, the 3 x 3 stride-2 downsampling of
     each later stage) are anchored with their stride and pad circularly; every spatial-reduction
     attention has its key/value path anchored (period ``sr_ratio``; for the linear variant's
-    7 x 7 adaptive pool, period = grid / 7); the depthwise convolutions of the MLPs pad
+    7 x 7 adaptive pool, period = grid / 7) and its keys put in an order chosen from content (also
+    with ``sr_ratio`` 1); the depthwise convolutions of the MLPs pad
     circularly. Inputs must be multiples of 32, and of 224 for the linear variant
     (``pvt_v2_b2_li``), whose pooled grid must divide every stage's grid.
 
@@ -58,10 +59,12 @@ def convert_pvt_v2(model: nn.Module, report: ConversionReport, energy: Energy) -
         elif isinstance(module, Attention):
             if type(module) is not Attention:
                 raise UnsupportedModelError(f"{name}: {type(module).__name__} is not timm's pvt_v2 Attention")
-            if module.sr is None:
-                continue
             model.set_submodule(name, AnchoredSpatialReductionAttn.from_timm(module, energy=energy))
-            if module.pool is not None:
+            if module.sr is None:
+                report.add(
+                    name, "Attention (all tokens as keys)", "AnchoredSpatialReductionAttn (keys in content order)"
+                )
+            elif module.pool is not None:
                 pooled = module.pool.output_size
                 pooled = pooled[0] if isinstance(pooled, tuple) else pooled
                 multiple = lcm_pair(multiple, (stride * pooled, stride * pooled))

@@ -16,7 +16,8 @@ def convert_twins(model: Twins, report: ConversionReport, energy: Energy) -> Non
 
     Every stage's patch projection is anchored (periods 4, 2, 2, 2), every locally-grouped
     attention is anchored with its window, every global sub-sampled attention has its key/value
-    reduction anchored with ``sr_ratio``, and the ``PosConv`` convolutions pad circularly. The
+    reduction anchored with ``sr_ratio`` and its keys put in an order chosen from content (also
+    with ``sr_ratio`` 1), and the ``PosConv`` convolutions pad circularly. The
     input must be a multiple of every stride and window on the path; ``report.input_multiple``
     says which (224 for SVT, 32 for PCPVT).
 
@@ -40,8 +41,15 @@ def convert_twins(model: Twins, report: ConversionReport, energy: Energy) -> Non
                 block.attn = AnchoredLocallyGroupedAttn.from_timm(attn, energy=energy)
                 multiple = lcm_pair(multiple, (stride[0] * attn.ws, stride[1] * attn.ws))
                 report.add(name, "LocallyGroupedAttn", f"AnchoredLocallyGroupedAttn (period {attn.ws})")
-            elif isinstance(attn, GlobalSubSampleAttn) and attn.sr is not None:
+            elif isinstance(attn, GlobalSubSampleAttn) and not isinstance(attn, AnchoredGlobalSubSampleAttn):
                 block.attn = AnchoredGlobalSubSampleAttn.from_timm(attn, energy=energy)
+                if attn.sr is None:
+                    report.add(
+                        name,
+                        "GlobalSubSampleAttn (all tokens as keys)",
+                        "AnchoredGlobalSubSampleAttn (keys in content order)",
+                    )
+                    continue
                 multiple = lcm_pair(multiple, (stride[0] * attn.sr_ratio, stride[1] * attn.sr_ratio))
                 report.add(name, "GlobalSubSampleAttn", f"AnchoredGlobalSubSampleAttn (period {attn.sr_ratio})")
         for index, conv in enumerate(model.pos_block[stage].proj):

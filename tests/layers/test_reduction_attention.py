@@ -40,7 +40,7 @@ def test_smoke_shares_parameters_and_matches_timm_on_anchored_input() -> None:
     assert anchored(x, [4, 6]).shape == (2, 24, DIM)
     assert anchored.period((4, 6)) == (2, 2)
     assert AnchoredSpatialReductionAttn.from_timm(_attention(1, linear=True)).period((14, 21)) == (2, 3)
-    # with sr_ratio 1 there is nothing to reduce: timm's module and the anchored one agree
+    # with sr_ratio 1 nothing is reduced, the keys are only put in content order: timm's result, to rounding
     plain = _attention(1)
     assert torch.allclose(AnchoredSpatialReductionAttn.from_timm(plain)(x, [4, 6]), plain(x, [4, 6]), atol=1e-6)
 

@@ -56,7 +56,7 @@ def test_smoke_from_timm_shares_parameters_and_matches_when_anchor_is_origin() -
     assert anchored_gsa.sr.weight is stock_gsa.sr.weight
     assert anchored_gsa.norm.weight is stock_gsa.norm.weight
     assert anchored_gsa(x, (4, 4)).shape == (1, 16, DIM)
-    # with sr_ratio 1 there is nothing to anchor: same result as timm's module
+    # with sr_ratio 1 the keys are only put in content order: timm's result, to rounding
     plain = GlobalSubSampleAttn(DIM, num_heads=2, sr_ratio=1).eval()
     assert torch.allclose(AnchoredGlobalSubSampleAttn.from_timm(plain)(x, (4, 4)), plain(x, (4, 4)), atol=1e-6)
 
@@ -161,7 +161,7 @@ def test_anchored_window_attention_is_timm_attention_on_the_anchored_grid(fused:
 
 @pytest.mark.parametrize("fused", [True, False])
 def test_one_window_grid_is_timm_attention_and_permutation_equivariant(fused: bool) -> None:
-    """A grid of exactly one window needs no anchor: timm's numbers, and any roll of the tokens commutes."""
+    """A grid of exactly one window is anchored with the grid as period: timm's numbers, and any roll commutes."""
     stock, anchored = _window_pair(fused)
     x = _tokens("random", 3, 3, seed=5)
     torch.testing.assert_close(anchored(x, (3, 3)), stock(x, (3, 3)), rtol=1e-5, atol=1e-6)

@@ -9,6 +9,7 @@ from equivit.layers.anchored_block import AnchoredBasicBlock, AnchoredBottleneck
 from equivit.layers.anchored_conv import AnchoredConv2d
 from equivit.layers.anchored_pool import AnchoredMaxPool2d, separable_max_pool2d
 from equivit.layers.circular_conv import CircularConv2d, circular_conv2d, make_circular
+from equivit.layers.key_order import canonical_token_order
 from equivit.layers.patch_embed import AnchoredPatchEmbed
 from equivit.layers.patch_merging import AnchoredPatchMerging, AnchoredPatchMergingV2, anchored_patch_merging
 from equivit.layers.pos_conv import CircularPosConv, make_conv_circular
@@ -42,6 +43,7 @@ __all__ = [
     "CircularSwinTransformerV2Block",
     "anchored_patch_merging",
     "anchored_swin_stage",
+    "canonical_token_order",
     "circular_conv2d",
     "make_circular",
     "make_conv_circular",

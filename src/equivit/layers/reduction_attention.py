@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from timm.models.pvt_v2 import Attention
 
+from equivit.layers.key_order import canonical_token_order
 from equivit.layers.sharing import retype
 from equivit.polyphase import Energy, _polyphase_anchor
 
@@ -23,7 +24,10 @@ class AnchoredSpatialReductionAttn(Attention):
     anchor first, with period ``sr_ratio``, or ``H / 7`` x ``W / 7`` for the pool (which is then
     an average over whole cells: ``H`` and ``W`` must be multiples of 7). Queries are untouched:
     each attends over the set of keys, which a permutation does not change, so the output is
-    exactly shift-equivariant. Same parameters and ``forward(x, feat_size)`` as timm's module.
+    shift-equivariant. The keys (reduced, or all tokens when ``sr_ratio`` is 1) are put in an
+    order chosen from content (:func:`~equivit.layers.canonical_token_order`), so that the
+    attention's sums round alike for every shift and the output moves bit for bit. Same
+    parameters and ``forward(x, feat_size)`` as timm's module.
 
     Build it with :meth:`from_timm`; the constructor is timm's.
 
@@ -94,9 +98,14 @@ class AnchoredSpatialReductionAttn(Attention):
             grid = grid.permute(0, 3, 1, 2)
             if self.pool is not None:
                 grid = self.pool(grid)
-            x = self.norm(self.sr(grid).flatten(2).transpose(1, 2))
+            reduced = self.sr(grid)
+            x = self.norm(reduced.flatten(2).transpose(1, 2))
             if self.act is not None:
                 x = self.act(x)
+            # The keys in an order chosen from content: attention's sums round alike for every shift.
+            x = canonical_token_order(x, [reduced.shape[2], reduced.shape[3]], self.energy)
+        else:
+            x = canonical_token_order(x, [height, width], self.energy)
         k, v = self.kv(x).reshape(batch, -1, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         if self.fused_attn:
             x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop.p if self.training else 0.0)

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from timm.models.twins import GlobalSubSampleAttn
 
+from equivit.layers.key_order import canonical_token_order
 from equivit.layers.sharing import take_over
 from equivit.polyphase import Energy, _polyphase_anchor
 
@@ -21,8 +22,11 @@ class AnchoredGlobalSubSampleAttn(GlobalSubSampleAttn):
     of the token grid, which depends on where its grid falls. Here the grid is rolled to its
     polyphase anchor (period = ``sr_ratio``) before the reduction. Queries are untouched: each
     query attends over the set of keys, and a permutation of the keys does not change the
-    result, so the output stays aligned with the input and is exactly shift-equivariant. Same
-    parameters and ``forward(x, size)`` as timm's module; with ``sr_ratio == 1`` it is unchanged.
+    result, so the output stays aligned with the input and is shift-equivariant. The keys
+    (reduced, or all tokens when ``sr_ratio == 1``) are put in an order chosen from content
+    (:func:`~equivit.layers.canonical_token_order`), so that the attention's sums round alike for
+    every shift and the output moves bit for bit. Same parameters and ``forward(x, size)`` as
+    timm's module.
 
     Args:
         dim: Token channels.
@@ -108,8 +112,12 @@ class AnchoredGlobalSubSampleAttn(GlobalSubSampleAttn):
             grid, _ = _polyphase_anchor(
                 x.reshape(batch, height, width, channels), self.sr_ratio, self.sr_ratio, self.energy, True
             )
-            x = self.sr(grid.permute(0, 3, 1, 2)).flatten(2).transpose(1, 2)
-            x = self.norm(x)
+            reduced = self.sr(grid.permute(0, 3, 1, 2))
+            x = self.norm(reduced.flatten(2).transpose(1, 2))
+            # The keys in an order chosen from content: attention's sums round alike for every shift.
+            x = canonical_token_order(x, [reduced.shape[2], reduced.shape[3]], self.energy)
+        else:
+            x = canonical_token_order(x, [height, width], self.energy)
         kv = self.kv(x).reshape(batch, -1, 2, heads, channels // heads).permute(2, 0, 3, 1, 4)
         k, v = kv.unbind(0)
         if self.fused_attn:

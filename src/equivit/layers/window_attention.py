@@ -21,7 +21,9 @@ class AnchoredLocallyGroupedAttn(LocallyGroupedAttn):
     rolled back, so the output stays aligned with the input and a circular shift of the input
     gives exactly the same shift of the output. A drop-in replacement: same parameters, same
     ``forward(x, size)``. Unlike timm's module it never pads to a window multiple (zero padding
-    breaks equivariance): the grid must be divisible by the window.
+    breaks equivariance): the grid must be divisible by the window. A grid of one window is
+    anchored too, so that its tokens reach the attention in an order chosen from content and the
+    output moves bit for bit.
 
     Args:
         dim: Token channels.
@@ -99,9 +101,8 @@ class AnchoredLocallyGroupedAttn(LocallyGroupedAttn):
                 f"the input image must be a multiple of {self.ws} times this stage's stride "
                 "(padding to a window multiple would break shift equivariance)"
             )
-        if height == self.ws and width == self.ws:  # one window: attention over a set of tokens
-            out = self._attend(x.view(batch, 1, tokens, channels))
-            return self.proj_drop(self.proj(out.view(batch, tokens, channels)))
+        # One window is anchored too (period = the grid): its tokens then reach the attention in an
+        # order chosen from content, so its sums round alike for every shift.
         offsets = _anchor_offsets(x.reshape(batch, height, width, channels), self.ws, self.ws, self.energy, True)
         # One row copy takes the tokens from the anchored grid straight into window order, and one
         # takes them back: the same number of passes as timm's padding and window transposes.
