@@ -143,3 +143,9 @@ class FeatureMap(nn.Module):
         maps = self.model.forward_intermediates(x, intermediates_only=True) if self.intermediates else self.model(x)
         out = maps[self.index]
         return out if out.shape[1] == self.channels else out.permute(0, 3, 1, 2)
+
+
+def roll_tokens(x: torch.Tensor, size: tuple[int, int], shift: tuple[int, int]) -> torch.Tensor:
+    """Roll row-major tokens ``(B, H * W, C)`` of an ``H x W`` grid circularly by ``shift`` (the reference)."""
+    grid = x.reshape(x.shape[0], *size, x.shape[-1])
+    return torch.roll(grid, shift, dims=(1, 2)).reshape(x.shape)

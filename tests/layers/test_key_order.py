@@ -11,7 +11,7 @@ from torch import nn
 
 from equivit.layers import canonical_token_order
 from equivit.testing import FAMILIES, make_images
-from helpers import is_some_roll
+from helpers import is_some_roll, roll_tokens
 
 CHANNELS = 6
 
@@ -19,11 +19,6 @@ CHANNELS = 6
 def _tokens(family: str, size: tuple[int, int], seed: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     grid = make_images(family, (2, CHANNELS, *size), seed=seed).permute(0, 2, 3, 1)
     return nn.functional.layer_norm(grid, (CHANNELS,)).to(dtype).reshape(2, size[0] * size[1], CHANNELS)
-
-
-def _roll(tokens: torch.Tensor, size: tuple[int, int], shift: tuple[int, int]) -> torch.Tensor:
-    grid = tokens.reshape(tokens.shape[0], *size, tokens.shape[-1])
-    return torch.roll(grid, shift, dims=(1, 2)).reshape(tokens.shape)
 
 
 def test_smoke_rotates_the_grid() -> None:
@@ -63,7 +58,7 @@ def test_order_is_the_same_for_every_shift(
     tokens = _tokens(family, size, seed, dtype)
     ordered = canonical_token_order(tokens, list(size), "l1")
     # Bit for bit: tokens that content cannot tell apart are equal, so either choice gives this.
-    assert torch.equal(canonical_token_order(_roll(tokens, size, shift), list(size), "l1"), ordered)
+    assert torch.equal(canonical_token_order(roll_tokens(tokens, size, shift), list(size), "l1"), ordered)
 
 
 def test_attention_over_rotated_keys_rounds_differently() -> None:

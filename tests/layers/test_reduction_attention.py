@@ -11,6 +11,7 @@ from torch import nn
 
 from equivit.layers import AnchoredSpatialReductionAttn
 from equivit.testing import FAMILIES, make_images, perturb_weights_
+from helpers import roll_tokens
 
 DIM = 8
 
@@ -23,11 +24,6 @@ def _attention(sr_ratio: int, linear: bool = False) -> Attention:
 def _tokens(family: str, height: int, width: int, seed: int) -> torch.Tensor:
     grid = make_images(family, (2, DIM, height, width), seed=seed).permute(0, 2, 3, 1)
     return nn.functional.layer_norm(grid, (DIM,)).reshape(2, height * width, DIM)
-
-
-def _roll_tokens(x: torch.Tensor, size: tuple[int, int], shift: tuple[int, int]) -> torch.Tensor:
-    grid = x.reshape(x.shape[0], *size, x.shape[-1])
-    return torch.roll(grid, shift, dims=(1, 2)).reshape(x.shape)
 
 
 def test_smoke_shares_parameters_and_matches_timm_on_anchored_input() -> None:
@@ -71,8 +67,8 @@ def test_output_of_shifted_tokens_is_the_same_shift(
     x = _tokens(family, *size, seed)
     with torch.no_grad():
         reference = module(x, list(size))
-        shifted = module(_roll_tokens(x, size, shift), list(size))
-    expected = _roll_tokens(reference, size, shift)
+        shifted = module(roll_tokens(x, size, shift), list(size))
+    expected = roll_tokens(reference, size, shift)
     assert torch.allclose(shifted, expected, rtol=0, atol=1e-5), float((shifted - expected).abs().max())
 
 
@@ -81,8 +77,8 @@ def test_stock_attention_is_not_equivariant(linear: bool) -> None:
     module, size = (_attention(1, linear=True), (14, 14)) if linear else (_attention(2), (6, 6))
     x = torch.randn(2, size[0] * size[1], DIM)
     with torch.no_grad():
-        shifted, reference = module(_roll_tokens(x, size, (1, 0)), list(size)), module(x, list(size))
-    assert not torch.allclose(shifted, _roll_tokens(reference, size, (1, 0)), atol=1e-3)
+        shifted, reference = module(roll_tokens(x, size, (1, 0)), list(size)), module(x, list(size))
+    assert not torch.allclose(shifted, roll_tokens(reference, size, (1, 0)), atol=1e-3)
 
 
 @pytest.mark.parametrize("linear", [False, True])

@@ -12,7 +12,7 @@ from torch import nn
 import equivit
 from equivit.layers import AnchoredGlobalSubSampleAttn, AnchoredLocallyGroupedAttn
 from equivit.testing import FAMILIES, make_images, perturb_weights_
-from helpers import is_some_roll
+from helpers import is_some_roll, roll_tokens
 
 DIM = 8
 
@@ -30,11 +30,6 @@ def _gsa(sr: int = 2, dtype: torch.dtype = torch.float32) -> AnchoredGlobalSubSa
 def _tokens(family: str, height: int, width: int, seed: int) -> torch.Tensor:
     grid = make_images(family, (2, DIM, height, width), seed=seed)  # (B, C, H, W)
     return nn.functional.layer_norm(grid.permute(0, 2, 3, 1), (DIM,)).reshape(2, height * width, DIM)
-
-
-def _roll_tokens(x: torch.Tensor, size: tuple[int, int], shift: tuple[int, int]) -> torch.Tensor:
-    grid = x.reshape(x.shape[0], *size, x.shape[-1])
-    return torch.roll(grid, shift, dims=(1, 2)).reshape(x.shape)
 
 
 def _window_pair(fused: bool) -> tuple[LocallyGroupedAttn, AnchoredLocallyGroupedAttn]:
@@ -92,8 +87,8 @@ def test_output_of_shifted_tokens_is_the_same_shift(
     x = _tokens(family, *size, seed)
     with torch.no_grad():
         reference = module(x, size)
-        shifted = module(_roll_tokens(x, size, shift), size)
-    expected = _roll_tokens(reference, size, shift)
+        shifted = module(roll_tokens(x, size, shift), size)
+    expected = roll_tokens(reference, size, shift)
     grid = x.reshape(2, *size, DIM)
     tied = equivit.unresolved_ties(grid, window, channels_last=True)
     for b in range(2):
@@ -111,8 +106,8 @@ def test_stock_modules_are_not_equivariant() -> None:
     x, size, shift = torch.randn(2, 36, DIM), (6, 6), (1, 2)
     for module in (LocallyGroupedAttn(DIM, 2, ws=3).eval(), GlobalSubSampleAttn(DIM, 2, sr_ratio=3).eval()):
         with torch.no_grad():
-            shifted, reference = module(_roll_tokens(x, size, shift), size), module(x, size)
-        assert not torch.allclose(shifted, _roll_tokens(reference, size, shift), atol=1e-3)
+            shifted, reference = module(roll_tokens(x, size, shift), size), module(x, size)
+        assert not torch.allclose(shifted, roll_tokens(reference, size, shift), atol=1e-3)
 
 
 @pytest.mark.parametrize("layer", ["lsa", "gsa"])
@@ -165,5 +160,5 @@ def test_one_window_grid_is_timm_attention_and_permutation_equivariant(fused: bo
     stock, anchored = _window_pair(fused)
     x = _tokens("random", 3, 3, seed=5)
     torch.testing.assert_close(anchored(x, (3, 3)), stock(x, (3, 3)), rtol=1e-5, atol=1e-6)
-    shifted = anchored(_roll_tokens(x, (3, 3), (1, 2)), (3, 3))
-    torch.testing.assert_close(shifted, _roll_tokens(anchored(x, (3, 3)), (3, 3), (1, 2)), rtol=1e-5, atol=1e-6)
+    shifted = anchored(roll_tokens(x, (3, 3), (1, 2)), (3, 3))
+    torch.testing.assert_close(shifted, roll_tokens(anchored(x, (3, 3)), (3, 3), (1, 2)), rtol=1e-5, atol=1e-6)
