@@ -49,9 +49,9 @@ def convert_twins(model: Twins, report: ConversionReport, energy: Energy) -> Non
                         "GlobalSubSampleAttn (all tokens as keys)",
                         "AnchoredGlobalSubSampleAttn (keys in content order)",
                     )
-                    continue
-                multiple = lcm_pair(multiple, (stride[0] * attn.sr_ratio, stride[1] * attn.sr_ratio))
-                report.add(name, "GlobalSubSampleAttn", f"AnchoredGlobalSubSampleAttn (period {attn.sr_ratio})")
+                else:
+                    multiple = lcm_pair(multiple, (stride[0] * attn.sr_ratio, stride[1] * attn.sr_ratio))
+                    report.add(name, "GlobalSubSampleAttn", f"AnchoredGlobalSubSampleAttn (period {attn.sr_ratio})")
         for index, conv in enumerate(model.pos_block[stage].proj):
             make_conv_circular(conv)
             report.add(f"pos_block.{stage}.proj.{index}", "Conv2d, zero padding", "Conv2d, circular padding")
