@@ -165,8 +165,9 @@ def _position_norms(x: torch.Tensor, l1: bool, channels_last: bool) -> torch.Ten
         - output: :math:`(B, H, W)`
     """
     dim = 3 if channels_last else 1
-    wide = x if x.dtype == torch.float64 else x.to(torch.float32)
-    values = wide.abs() if l1 else wide.square()  # a new tensor (in the layout of x): the adds may run in place
+    if x.dtype != torch.float32 and x.dtype != torch.float64:
+        x = x.float()
+    values = x.abs() if l1 else x.square()  # a new tensor (in the layout of x): the adds may run in place
     if values.stride(dim) == 1:
         return values.sum(dim=dim)
     while values.shape[dim] > 1:
@@ -201,12 +202,14 @@ def _slice_energy(x: torch.Tensor, ph: int, pw: int, l1: bool, channels_last: bo
     """The energies of one slice of the batch: its per-position norms summed in float64."""
     norms = _position_norms(x, l1, channels_last).to(torch.float64)
     batch, height, width = norms.shape
-    return norms.view(batch, height // ph, ph, width // pw, pw).sum(dim=1).sum(dim=2)
+    if height == ph and width == pw:
+        return norms  # one period covers the grid (a key order): the norms are the energies
+    return norms.view(batch, height // ph, ph, width // pw, pw).sum(dim=[1, 3])
 
 
 def _fast_cpu_path(x: torch.Tensor) -> bool:
     """Whether the eager CPU path (per-position norms in slices) applies: not under ``torch.compile``/export."""
-    fast = x.device.type == "cpu" and x.shape[0] > 0
+    fast = x.is_cpu and x.shape[0] > 0
     if not torch.jit.is_scripting():  # noqa: SIM102 (TorchScript skips only this exact condition)
         if _tracing():
             fast = False
@@ -220,7 +223,8 @@ def _energy(x: torch.Tensor, ph: int, pw: int, l1: bool, channels_last: bool) ->
         - x: :math:`(B, C, H, W)`, or :math:`(B, H, W, C)` with ``channels_last=True``
         - output: :math:`(B, p_h, p_w)`
     """
-    x = x.detach()
+    if x.requires_grad:
+        x = x.detach()
     # Eager (and TorchScript) CPU reductions with a float64 accumulator convert the whole input
     # first and reduce strided axes slowly: summing the channels of each position in float32
     # first, in cache-sized slices, costs about half. Compiled graphs and accelerators fuse
@@ -521,8 +525,9 @@ def _best_phase(x: torch.Tensor, coarse: torch.Tensor, l1: bool, channels_last: 
     if not torch.jit.is_scripting():  # noqa: SIM102 (TorchScript skips only this exact condition)
         if _tracing():
             return _best_phase_traced(x, flat, sh, sw, l1, channels_last)
-    if bool(_top_is_unique(flat)):
-        return flat.argmax(dim=1)
+    top, best = torch.max(flat, dim=1)
+    if bool(torch.eq(flat, top.unsqueeze(1)).sum() == flat.shape[0]):
+        return best  # every sample's largest energy is reached once (each reaches it at least once)
     return _tiered_scores(x, coarse, l1, channels_last, True).flatten(1).argmax(dim=1)
 
 

@@ -14,22 +14,39 @@ from equivit.report import dtype_name, shape_text
 __all__ = ["roll_from_anchor", "roll_to_anchor"]
 
 
+def _source_lines(offsets: torch.Tensor, column: int, size: int, sign: int, pad: int) -> torch.Tensor:
+    r"""Source row (``column=0``) or column (``column=1``) of each output line, for every sample.
+
+    Shape:
+        - offsets: :math:`(B, 2)`
+        - output: :math:`(B, size + 2 \cdot pad)`
+    """
+    shift = offsets.narrow(1, column, 1)
+    lines = torch.arange(-pad, size + pad, device=offsets.device).unsqueeze(0)
+    moved = torch.add(lines, shift) if sign == 1 else torch.sub(lines, shift)
+    return torch.remainder(moved, size)
+
+
 def _flat_index(
-    offsets: torch.Tensor, height: int, width: int, sign: int, padding: tuple[int, int] = (0, 0)
+    offsets: torch.Tensor, height: int, width: int, sign: int, padding: tuple[int, int] = (0, 0), batched: bool = False
 ) -> torch.Tensor:
     r"""Flat source index of each output position for a per-sample roll by ``sign * offsets``.
 
     With ``padding``, the output is also padded circularly: ``H + 2 ph`` rows, ``W + 2 pw`` columns.
+    With ``batched``, the index is into the whole batch flattened (sample ``b`` starts at ``b H W``).
+    Few, plain tensor calls: this runs for every anchor, and on small maps its call overhead is
+    most of the anchor's cost.
 
     Shape:
         - offsets: :math:`(B, 2)`
-        - output: :math:`(B, (H + 2 p_h) \\cdot (W + 2 p_w))`
+        - output: :math:`(B, (H + 2 p_h) \cdot (W + 2 p_w))`
     """
-    device = offsets.device
-    ph, pw = padding
-    rows = torch.remainder(torch.arange(-ph, height + ph, device=device) + sign * offsets[:, :1], height)
-    cols = torch.remainder(torch.arange(-pw, width + pw, device=device) + sign * offsets[:, 1:], width)
-    return (rows[:, :, None] * width + cols[:, None, :]).reshape(offsets.shape[0], rows.shape[1] * cols.shape[1])
+    rows = _source_lines(offsets, 0, height, sign, padding[0])
+    cols = _source_lines(offsets, 1, width, sign, padding[1])
+    if batched:
+        rows = torch.add(rows, torch.arange(offsets.shape[0], device=offsets.device).unsqueeze(1), alpha=height)
+    index = torch.add(cols.unsqueeze(1), rows.unsqueeze(2), alpha=width)
+    return index.view(offsets.shape[0], rows.shape[1] * cols.shape[1])
 
 
 def _check(x: torch.Tensor, offsets: torch.Tensor, channels_last: bool) -> None:
@@ -49,8 +66,7 @@ def _roll_tokens(x: torch.Tensor, offsets: torch.Tensor, sign: int, padding: tup
     """Roll (and pad) a ``(B, H, W, C)`` map whose tokens are contiguous: one row copy per token (index_select)."""
     ph, pw = padding
     batch, height, width, channels = x.shape
-    index = _flat_index(offsets, height, width, sign, padding)
-    index = (index + torch.arange(batch, device=index.device)[:, None] * (height * width)).reshape(-1)
+    index = _flat_index(offsets, height, width, sign, padding, True).view(-1)
     rows = x.reshape(batch * height * width, channels).index_select(0, index)
     return rows.view(batch, height + 2 * ph, width + 2 * pw, channels)
 
@@ -69,7 +85,7 @@ def _roll(
         return _roll_tokens(x.permute(0, 2, 3, 1), offsets, sign, padding).permute(0, 3, 1, 2)
     batch, channels, height, width = x.shape
     index = _flat_index(offsets, height, width, sign, padding)
-    index = index[:, None, :].expand(batch, channels, index.shape[1])
+    index = index.unsqueeze(1).expand(batch, channels, index.shape[1])
     rolled = torch.gather(x.reshape(batch, channels, height * width), 2, index)
     return rolled.view(batch, channels, height + 2 * ph, width + 2 * pw)
 
