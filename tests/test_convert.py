@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import timm
 import torch
+from timm.models.pvt_v2 import PyramidVisionTransformerStage
 from torch import nn
 
 import equivit
@@ -153,6 +154,21 @@ def test_twins_conversion_replaces_every_strided_and_windowed_operator() -> None
     assert AnchoredLocallyGroupedAttn in kinds
     assert AnchoredGlobalSubSampleAttn in kinds
     assert all(conv.padding_mode == "circular" for pos in svt.pos_block for conv in pos.proj)
+
+
+def test_pvt_stages_return_timm_values_channels_last() -> None:
+    torch.manual_seed(0)
+    model = equivit.convert(perturb_weights_(timm.create_model("pvt_v2_b0"))).eval()
+    grid = model.patch_embed(torch.randn(2, 3, 64, 96))
+    with torch.no_grad():
+        for index, stage in enumerate(model.stages):
+            ours = stage(grid)
+            timms = PyramidVisionTransformerStage.forward(stage, grid)
+            assert ours.is_contiguous(memory_format=torch.channels_last), index
+            assert timms.is_contiguous(), index
+            assert torch.equal(ours, timms), index
+            grid = ours
+    assert any("channels-last" in r.after for r in model.equivit_report.replacements)
 
 
 def test_training_step_runs_and_reaches_new_parameters() -> None:
