@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import timm
 import torch
-from timm.models.pvt_v2 import PyramidVisionTransformerStage
+from timm.models.pvt_v2 import Attention
 from torch import nn
 
 import equivit
-from equivit.layers import AnchoredGlobalSubSampleAttn, AnchoredLocallyGroupedAttn, AnchoredPatchEmbed
+from equivit.layers import AnchoredGlobalSubSampleAttn, AnchoredLocallyGroupedAttn, AnchoredPatchEmbed, AnchoredPvtStage
 from equivit.testing import perturb_weights_
 
 TINY_VIT = dict(patch_size=8, embed_dim=32, depth=2, num_heads=2, img_size=32)
@@ -156,19 +156,12 @@ def test_twins_conversion_replaces_every_strided_and_windowed_operator() -> None
     assert all(conv.padding_mode == "circular" for pos in svt.pos_block for conv in pos.proj)
 
 
-def test_pvt_stages_return_timm_values_channels_last() -> None:
-    torch.manual_seed(0)
-    model = equivit.convert(perturb_weights_(timm.create_model("pvt_v2_b0"))).eval()
-    grid = model.patch_embed(torch.randn(2, 3, 64, 96))
-    with torch.no_grad():
-        for index, stage in enumerate(model.stages):
-            ours = stage(grid)
-            timms = PyramidVisionTransformerStage.forward(stage, grid)
-            assert ours.is_contiguous(memory_format=torch.channels_last), index
-            assert timms.is_contiguous(), index
-            assert torch.equal(ours, timms), index
-            grid = ours
-    assert any("channels-last" in r.after for r in model.equivit_report.replacements)
+def test_pvt_conversion_anchors_every_stage_and_keeps_timm_attention() -> None:
+    model = equivit.convert(timm.create_model("pvt_v2_b0"))
+    assert all(isinstance(stage, AnchoredPvtStage) for stage in model.stages)
+    assert all(type(block.attn) is Attention for stage in model.stages for block in stage.blocks)
+    assert model.equivit_report.input_multiple == (32, 32)
+    assert equivit.convert(timm.create_model("pvt_v2_b2_li")).equivit_report.input_multiple == (32, 32)
 
 
 def test_training_step_runs_and_reaches_new_parameters() -> None:

@@ -120,7 +120,7 @@ NODE_CONFIGS: list[tuple[str, tuple[int, int], dict[str, object], dict[str, Layo
         "pvt_v2_b0",
         (64, 96),
         {},
-        {"patch_embed": ("nhwc", 0, 4), "stages.1.blocks.0": ("nlc", 0, 8), "stages.3": ("nchw", 0, 32)},
+        {"patch_embed": ("nhwc", 0, 4), "stages.1.blocks.0": ("nlc", 0, -8), "stages.3": ("nchw", 0, 32)},
     ),
     (
         "resnet18",

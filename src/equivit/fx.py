@@ -57,7 +57,11 @@ LEAF_MODULES: tuple[type[nn.Module], ...] = (
 )
 """Module classes that FX treats as single nodes (their forward depends on the data or checks sizes)."""
 
-TRACED_MODULES: tuple[type[nn.Module], ...] = (layers.AnchoredSwinStage, layers.AnchoredSwinTransformerV2Stage)
+TRACED_MODULES: tuple[type[nn.Module], ...] = (
+    layers.AnchoredPvtStage,
+    layers.AnchoredSwinStage,
+    layers.AnchoredSwinTransformerV2Stage,
+)
 """Module classes that FX traces through: their forward calls only leaves and :data:`NOTRACE_FUNCTIONS`."""
 
 NOTRACE_FUNCTIONS: tuple[Callable[..., Any], ...] = (

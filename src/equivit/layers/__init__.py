@@ -13,6 +13,7 @@ from equivit.layers.key_order import canonical_token_order
 from equivit.layers.patch_embed import AnchoredPatchEmbed
 from equivit.layers.patch_merging import AnchoredPatchMerging, AnchoredPatchMergingV2, anchored_patch_merging
 from equivit.layers.pos_conv import CircularPosConv, make_conv_circular
+from equivit.layers.pvt_stage import AnchoredPvtStage, anchored_pvt_stage
 from equivit.layers.reduction_attention import AnchoredSpatialReductionAttn
 from equivit.layers.subsample_attention import AnchoredGlobalSubSampleAttn
 from equivit.layers.swin_stage import (
@@ -34,6 +35,7 @@ __all__ = [
     "AnchoredPatchEmbed",
     "AnchoredPatchMerging",
     "AnchoredPatchMergingV2",
+    "AnchoredPvtStage",
     "AnchoredSpatialReductionAttn",
     "AnchoredSwinStage",
     "AnchoredSwinTransformerV2Stage",
@@ -42,6 +44,7 @@ __all__ = [
     "CircularSwinTransformerBlock",
     "CircularSwinTransformerV2Block",
     "anchored_patch_merging",
+    "anchored_pvt_stage",
     "anchored_swin_stage",
     "canonical_token_order",
     "circular_conv2d",
