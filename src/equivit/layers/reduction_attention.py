@@ -29,7 +29,9 @@ class AnchoredSpatialReductionAttn(Attention):
     attention's sums round alike for every shift and the output moves bit for bit. Same
     parameters and ``forward(x, feat_size)`` as timm's module.
 
-    Build it with :meth:`from_timm`; the constructor is timm's.
+    Build it with :meth:`from_timm`; the constructor is timm's. :func:`equivit.convert` anchors
+    whole PVT v2 stages instead (:class:`~equivit.layers.AnchoredPvtStage`, one anchor for all the
+    stage's blocks); this layer makes one such attention equivariant on its own.
 
     Shape:
         - x: :math:`(B, H \cdot W, C)` with ``feat_size = (H, W)``
