@@ -8,7 +8,6 @@ import torch
 from timm.models._manipulate import checkpoint
 from timm.models.pvt_v2 import MlpWithDepthwiseConv, OverlapPatchEmbed, PyramidVisionTransformerStage
 from torch import nn
-from torch.fx._symbolic_trace import is_fx_tracing
 
 from equivit.layers.anchored_conv import AnchoredConv2d
 from equivit.layers.pos_conv import make_conv_circular
@@ -60,7 +59,7 @@ class AnchoredPvtStage(PyramidVisionTransformerStage):
         if self.downsample is not None:
             x = self.downsample(x)
         if not torch.jit.is_scripting():  # noqa: SIM102 (TorchScript skips only this exact condition)
-            if not is_fx_tracing() and x.dim() != 4:
+            if isinstance(x, torch.Tensor) and x.dim() != 4:  # (not an FX proxy)
                 raise ValueError(f"expected a (B, H, W, C) token grid, got shape {shape_text(list(x.shape))}")
         batch, height, width, channels = x.shape
         feat_size = [height, width]
