@@ -76,6 +76,26 @@ def test_equals_the_definition_for_any_size(
         assert torch.allclose(conv(x), _reference(x, conv), rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize(("kernel", "dilation"), [(3, 1), (5, 1), (3, 2), (7, 1)])
+def test_border_strips_of_large_depthwise_grids_equal_the_definition(
+    kernel: int, dilation: int, stride: int, channels_last: bool
+) -> None:
+    """Grids of at least 32 x the padding: zero-padded interior, border rows and columns from strips."""
+    torch.manual_seed(0)
+    pad = dilation * (kernel - 1) // 2
+    conv = make_circular(nn.Conv2d(4, 4, kernel, stride, padding=pad, dilation=dilation, groups=4))
+    x = torch.randn(2, 4, 32 * pad + 1, 32 * pad + 6)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        assert torch.allclose(conv(x), _reference(x, conv), rtol=0, atol=1e-5)
+        if stride == 1:  # the strips are computed by the same convolution as the interior: bit for bit
+            shift = (5, -7)
+            assert torch.equal(conv(torch.roll(x, shift, dims=(2, 3))), torch.roll(conv(x), shift, dims=(2, 3)))
+
+
 @given(
     shift=st.tuples(st.integers(-20, 20), st.integers(-20, 20)), size=st.tuples(st.integers(1, 9), st.integers(1, 9))
 )

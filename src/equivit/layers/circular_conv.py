@@ -79,7 +79,7 @@ def circular_conv2d(
 
     torch's ``padding_mode="circular"`` copies the input into a padded tensor and loses a
     channels-last layout on the way, which costs several times a depthwise convolution. Here a
-    depthwise convolution on a grid of at least 16 x its padding along each axis runs with zero
+    depthwise convolution on a grid of at least 32 x its padding along each axis runs with zero
     padding, which is already right away from the border, and only the output rows and columns
     whose window crosses the border are recomputed, from thin strips of the input taken modulo
     the grid: no padded copy. Other convolutions (compute-bound, where a copy of the input is
@@ -110,7 +110,7 @@ def circular_conv2d(
     height, width = x.shape[-2], x.shape[-1]
     channels_last = x.is_contiguous(memory_format=torch.channels_last)  # the padded copies keep the layout
     depthwise = groups > 1 and groups == x.shape[1]
-    if not depthwise or height < 16 * ph or width < 16 * pw:
+    if not depthwise or height < 32 * ph or width < 32 * pw:
         # A dense convolution costs far more than copying its input once, and recomputing its
         # border would add a share of its work that grows as the grid shrinks: pad by copying
         # (wrapping as often as a small grid needs), keeping the layout.
