@@ -149,3 +149,19 @@ def roll_tokens(x: torch.Tensor, size: tuple[int, int], shift: tuple[int, int]) 
     """Roll row-major tokens ``(B, H * W, C)`` of an ``H x W`` grid circularly by ``shift`` (the reference)."""
     grid = x.reshape(x.shape[0], *size, x.shape[-1])
     return torch.roll(grid, shift, dims=(1, 2)).reshape(x.shape)
+
+
+def check_stage_gradients(stage: nn.Module, x: torch.Tensor) -> None:
+    """gradcheck and gradgradcheck of a float64 stage, and the same input gradient with checkpointing.
+
+    The blocks' fused attention is switched off: its double backward is not on every build.
+    """
+    for block in stage.blocks:  # type: ignore[attr-defined]
+        block.attn.fused_attn = False
+    assert torch.autograd.gradcheck(stage, (x,))
+    assert torch.autograd.gradgradcheck(stage, (x,))
+    plain = torch.autograd.grad(stage(x).sum(), x)[0]
+    stage.grad_checkpointing = True  # type: ignore[assignment]
+    stage.train()
+    checkpointed = torch.autograd.grad(stage(x).sum(), x)[0]
+    assert torch.allclose(plain, checkpointed)

@@ -20,7 +20,7 @@ from equivit.layers import (
     anchored_swin_stage,
 )
 from equivit.testing import FAMILIES, make_images, perturb_weights_
-from helpers import is_some_roll
+from helpers import check_stage_gradients, is_some_roll
 
 DIM = 8
 
@@ -127,16 +127,7 @@ def test_stock_stage_is_not_equivariant(version: int) -> None:
 @pytest.mark.parametrize("version", [1, 2])
 def test_gradients_and_gradient_checkpointing(version: int) -> None:
     stage = anchored_swin_stage(_stage(2, (2, 2), downsample=True, depth=2, version=version)).double()
-    for block in stage.blocks:
-        block.attn.fused_attn = False  # double backward of the fused kernel is not on every build
-    x = torch.randn(1, 4, 4, DIM, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(stage, (x,))
-    assert torch.autograd.gradgradcheck(stage, (x,))
-    plain = torch.autograd.grad(stage(x).sum(), x)[0]
-    stage.grad_checkpointing = True
-    stage.train()
-    checkpointed = torch.autograd.grad(stage(x).sum(), x)[0]
-    assert torch.allclose(plain, checkpointed)
+    check_stage_gradients(stage, torch.randn(1, 4, 4, DIM, dtype=torch.float64, requires_grad=True))
 
 
 @pytest.mark.parametrize("version", [1, 2])
