@@ -127,6 +127,7 @@ def test_vit_any_size_and_shift(height: int, width: int, shift: tuple[int, int],
         ("pvt_v2_b2", (224, 224), {}),
         ("pvt_v2_b2_li", (224, 224), {}),
         ("pvt_v2_b2_li", (224, 448), {}),
+        ("pvt_v2_b2_li", (160, 96), {}),  # any multiple of 32 since the stage anchor
     ],
 )
 def test_model_sweep(name: str, size: tuple[int, int], kwargs: dict[str, object], weights: str) -> None:
