@@ -356,10 +356,13 @@ def _spatial_size(x: torch.Tensor, channels_last: bool) -> tuple[int, int]:
 def _top_is_unique(scores: torch.Tensor) -> torch.Tensor:
     """Whether every sample's largest score is reached once (a 0-d bool tensor).
 
+    Every sample reaches its largest score at least once, so the count over the whole batch is
+    ``B`` exactly when each reaches it once (one reduction fewer than a count per sample).
+
     Shape:
         - scores: :math:`(B, N)`
     """
-    return ((scores == scores.amax(dim=1, keepdim=True)).sum(dim=1) == 1).all()
+    return (scores == scores.amax(dim=1, keepdim=True)).sum() == scores.shape[0]
 
 
 def _cond(
@@ -525,9 +528,8 @@ def _best_phase(x: torch.Tensor, coarse: torch.Tensor, l1: bool, channels_last: 
     if not torch.jit.is_scripting():  # noqa: SIM102 (TorchScript skips only this exact condition)
         if _tracing():
             return _best_phase_traced(x, flat, sh, sw, l1, channels_last)
-    top, best = torch.max(flat, dim=1)
-    if bool(torch.eq(flat, top.unsqueeze(1)).sum() == flat.shape[0]):
-        return best  # every sample's largest energy is reached once (each reaches it at least once)
+    if bool(_top_is_unique(flat)):
+        return flat.argmax(dim=1)
     return _tiered_scores(x, coarse, l1, channels_last, True).flatten(1).argmax(dim=1)
 
 
