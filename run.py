@@ -52,10 +52,10 @@ def main(argv: list[str]) -> None:
     job = argv[0] if argv else "check"
     rest = argv[1:]
     if job == "check":
-        ensure_environment("photos")
+        ensure_environment("photos,fast")
         run(PYTHON, "-m", "equivit.cli", "check", *rest)
     elif job == "demo":
-        ensure_environment("photos")
+        ensure_environment("photos,fast")
         run(PYTHON, "-m", "equivit.demo", *rest)
     elif job == "test":
         ensure_environment("test")

@@ -4,7 +4,10 @@ A clone reads and writes the tensor once: the least any op that returns a new ro
 cost. The ratio anchor / clone is printed as a Markdown table (median of ``--repeats`` runs,
 interleaved so that both see the same machine state).
 
-    python benchmarks/bench_anchor.py [--device cuda] [--repeats 15] [--reuse-memory]
+    python benchmarks/bench_anchor.py [--device cuda] [--repeats 15] [--reuse-memory] [--plain]
+
+On the CPU with numba installed, anchoring runs the fused kernels of ``equivit.fused``;
+``--plain`` times the plain tensor ops instead (what runs without numba).
 
 On Linux, glibc serves large allocations (above a threshold that grows to at most 32 MB) with
 fresh pages from the kernel, and touching them can cost as much as the copy itself: the larger
@@ -17,6 +20,7 @@ ratio measures the work of the two ops.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import statistics
@@ -67,6 +71,11 @@ def measure(
 
 def main() -> None:
     """Print the table."""
+    with contextlib.ExitStack() as stack:
+        _main(stack)
+
+
+def _main(stack: contextlib.ExitStack) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
@@ -74,6 +83,7 @@ def main() -> None:
     parser.add_argument(
         "--reuse-memory", action="store_true", help="restart with glibc's mmap allocations off (Linux, CPU)"
     )
+    parser.add_argument("--plain", action="store_true", help="turn the fused CPU kernels off (plain tensor ops)")
     args = parser.parse_args()
     if args.reuse_memory and os.environ.get(REUSE_MEMORY[0]) != REUSE_MEMORY[1]:
         environment = {**os.environ, REUSE_MEMORY[0]: REUSE_MEMORY[1], "MALLOC_TRIM_THRESHOLD_": str(2**36)}
@@ -86,9 +96,12 @@ def main() -> None:
         else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
     )
     allocator = "glibc mmap off (memory reused)" if os.environ.get(REUSE_MEMORY[0]) == REUSE_MEMORY[1] else "default"
+    if args.plain and equivit.fused.available():
+        stack.enter_context(equivit.fused.use_fused_kernels(False))
+    kernels = "fused (numba)" if equivit.fused.enabled() and device.type == "cpu" else "plain tensor ops"
     print(
         f"device: {device.type} ({name}); torch {torch.__version__}; dtype {args.dtype}; median of {args.repeats}; "
-        f"allocator: {allocator}"
+        f"allocator: {allocator}; anchoring: {kernels}"
     )
     print()
     print("| input | layout | stride | clone ms | anchor ms | anchor / clone |")

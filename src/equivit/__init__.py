@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from equivit import fx, layers  # fx: registers equivit's layers as FX leaves with timm
+from equivit import fused, fx, layers  # fx: registers equivit's layers as FX leaves with timm
 from equivit.canonical import cyclic_rotation_rank
 from equivit.checkpoint import load_stock_checkpoint
 from equivit.convert import SUPPORTED, convert, convert_state_dict, create_model, is_converted
@@ -29,6 +29,7 @@ __all__ = [
     "convert_state_dict",
     "create_model",
     "cyclic_rotation_rank",
+    "fused",
     "fx",
     "is_converted",
     "layers",

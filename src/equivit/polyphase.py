@@ -45,9 +45,10 @@ from typing import Literal
 
 import torch
 
+from equivit import fused
 from equivit.canonical import cyclic_rotation_rank, dense_rank
 from equivit.report import shape_text
-from equivit.roll import _roll, roll_to_anchor
+from equivit.roll import _roll
 
 __all__ = [
     "Energy",
@@ -223,6 +224,9 @@ def _energy(x: torch.Tensor, ph: int, pw: int, l1: bool, channels_last: bool) ->
         - x: :math:`(B, C, H, W)`, or :math:`(B, H, W, C)` with ``channels_last=True``
         - output: :math:`(B, p_h, p_w)`
     """
+    if not torch.jit.is_scripting():  # noqa: SIM102 (TorchScript skips only this exact condition)
+        if fused.applies_to_energy(x, channels_last):
+            return fused.energy(x, ph, pw, l1, channels_last)  # one compiled pass (numba installed)
     if x.requires_grad:
         x = x.detach()
     # Eager (and TorchScript) CPU reductions with a float64 accumulator convert the whole input
@@ -556,7 +560,33 @@ def _polyphase_anchor(
         - x: :math:`(B, C, H, W)`, or :math:`(B, H, W, C)` with ``channels_last=True``
         - output: same as ``x``, and :math:`(B, 2)`
     """
+    if not torch.jit.is_scripting():  # noqa: SIM102 (TorchScript skips only this exact condition)
+        if fused.applies_to_energy(x, channels_last) and fused.applies_to_roll(x, channels_last):
+            return _fused_anchor(x, sh, sw, energy, channels_last)
     offsets = _anchor_offsets(x, sh, sw, energy, channels_last)
+    return _roll(x, offsets, channels_last, 1, (0, 0)), offsets
+
+
+def _fused_anchor(
+    x: torch.Tensor, sh: int, sw: int, energy: str, channels_last: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`_polyphase_anchor` with the fused CPU kernels: energies and roll in one pass per sample.
+
+    Samples whose largest coarse energy is tied are anchored by the tie-break tiers afterwards
+    (the same choice :func:`_best_phase` makes), and the batch is rolled again.
+
+    Shape:
+        - x: :math:`(B, C, H, W)`, or :math:`(B, H, W, C)` with ``channels_last=True``
+        - output: same as ``x``, and :math:`(B, 2)`
+    """
+    _check_input(x, (sh, sw), channels_last, "anchor_offsets")
+    _check_energy(energy)
+    l1 = energy == "l1"
+    rolled, offsets, coarse, done = fused.anchor(x, sh, sw, l1, channels_last)
+    if bool(done.all()):
+        return rolled, offsets
+    best = _best_phase(x, coarse, l1, channels_last)
+    offsets = torch.stack((torch.div(best, sw, rounding_mode="floor"), torch.remainder(best, sw)), dim=1)
     return _roll(x, offsets, channels_last, 1, (0, 0)), offsets
 
 
@@ -656,5 +686,6 @@ def polyphase_anchor(
         >>> y.shape, offsets.shape
         (torch.Size([2, 3, 32, 32]), torch.Size([2, 2]))
     """
-    offsets = anchor_offsets(x, stride, energy=energy, channels_last=channels_last)
-    return roll_to_anchor(x, offsets, channels_last=channels_last), offsets
+    pair = normalize_stride(stride)
+    _require_tensor(x, "polyphase_anchor")
+    return _polyphase_anchor(x, pair[0], pair[1], energy, channels_last)

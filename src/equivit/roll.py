@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from equivit import fused
 from equivit.report import dtype_name, shape_text
 
 __all__ = ["roll_from_anchor", "roll_to_anchor"]
@@ -75,6 +76,9 @@ def _roll(
     x: torch.Tensor, offsets: torch.Tensor, channels_last: bool, sign: int, padding: tuple[int, int] = (0, 0)
 ) -> torch.Tensor:
     _check(x, offsets, channels_last)
+    if not torch.jit.is_scripting():  # noqa: SIM102 (TorchScript skips only this exact condition)
+        if fused.applies_to_roll(x, channels_last) and offsets.is_cpu:
+            return fused.roll(x, offsets.contiguous(), channels_last, sign, padding)  # row copies (numba installed)
     ph, pw = padding
     if channels_last:
         # Whole tokens move: one row copy per token (index_select), not one index per element.
