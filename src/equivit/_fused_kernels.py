@@ -9,6 +9,7 @@ not matter.
 
 from __future__ import annotations
 
+import types
 from collections.abc import Callable
 
 import numba
@@ -283,6 +284,19 @@ _KERNELS: dict[str, Callable[..., None]] = {
 }
 
 
-def compile_kernel(name: str) -> Callable[..., None]:
-    """Kernel ``name``, compiled with its ``prange`` loop shared among threads, and cached on disk."""
-    return numba.njit(parallel=True, nogil=True, cache=True, boundscheck=False)(_KERNELS[name])
+def _serial_copy(function: Callable[..., None]) -> Callable[..., None]:
+    """The same Python function under another name, so that its serial build has its own cache files.
+
+    numba names a function's cache files after its qualified name and does not tell parallel
+    and serial builds apart in them.
+    """
+    copy = types.FunctionType(function.__code__, function.__globals__, function.__name__ + "_serial")
+    copy.__qualname__ = function.__qualname__ + "_serial"
+    copy.__module__ = function.__module__
+    return copy
+
+
+def compile_kernel(name: str, parallel: bool) -> Callable[..., None]:
+    """Kernel ``name``, its ``prange`` loop shared among threads or run serially, and cached on disk."""
+    function = _KERNELS[name] if parallel else _serial_copy(_KERNELS[name])
+    return numba.njit(parallel=parallel, nogil=True, cache=True, boundscheck=False)(function)

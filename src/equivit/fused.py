@@ -36,8 +36,8 @@ import torch
 
 __all__ = ["available", "enabled", "use_fused_kernels"]
 
-# Maps of fewer elements run on one thread.
-_PARALLEL_MIN_ELEMENTS = 1 << 16
+# Maps of fewer elements (4 MB of float32) run in the calling thread only.
+_PARALLEL_MIN_ELEMENTS = 1 << 20
 # Integer views for the roll, by element size in bytes: the copy does not look at the values.
 _COPY_DTYPES = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
@@ -137,23 +137,32 @@ def _tokens(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
     return x if channels_last else x.permute(0, 2, 3, 1)
 
 
-def _kernel(name: str) -> Callable[..., None]:
+def _kernel(name: str, parallel: bool) -> Callable[..., None]:
     """The compiled kernel ``name``, compiled on first use (and cached on disk by numba)."""
-    if name not in _kernels:
+    key = f"{name}, parallel" if parallel else name
+    if key not in _kernels:
         from equivit import _fused_kernels
 
-        _kernels[name] = _fused_kernels.compile_kernel(name)
-    return _kernels[name]
+        _kernels[key] = _fused_kernels.compile_kernel(name, parallel)
+    return _kernels[key]
 
 
 def _run(name: str, elements: int, *arguments: object) -> None:
-    """Run kernel ``name`` on torch's number of threads (one thread for maps under ``_PARALLEL_MIN_ELEMENTS``)."""
+    """Run kernel ``name``: in the calling thread, or on torch's number of threads for large maps.
+
+    numba's worker threads, like torch's, keep spinning for a while after a parallel loop; on a
+    map that takes less than that they cost the next torch op more than they save, so only maps
+    of ``_PARALLEL_MIN_ELEMENTS`` or more are shared among threads.
+    """
+    threads = torch.get_num_threads() if elements >= _PARALLEL_MIN_ELEMENTS else 1
+    if threads <= 1:
+        _kernel(name, False)(*arguments)
+        return
     import numba
 
     _state["pid"] = os.getpid()
-    threads = torch.get_num_threads() if elements >= _PARALLEL_MIN_ELEMENTS else 1
-    numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
-    _kernel(name)(*arguments)
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    _kernel(name, True)(*arguments)
 
 
 def energy(x: torch.Tensor, ph: int, pw: int, l1: bool, channels_last: bool) -> torch.Tensor:
