@@ -265,7 +265,7 @@ def test_large_maps_on_several_threads_are_consistent(threads: int) -> None:
     torch.set_num_threads(threads)
     try:
         for family in ("random", "binary", "stripes"):
-            x = make_images(family, (6, 16, 64, 96), seed=3)
+            x = make_images(family, (6, 32, 64, 96), seed=3)
             assert x.numel() >= fused._PARALLEL_MIN_ELEMENTS
             assert bool(anchor_consistency(x, (8, 8), (5, 13)).all())
             assert torch.equal(equivit.polyphase_anchor(x, 8)[0], _plain(equivit.polyphase_anchor, x, 8)[0])
