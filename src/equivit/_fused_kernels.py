@@ -38,6 +38,31 @@ def _fold_columns(rows: np.ndarray, energies: np.ndarray) -> None:
             energies[r, j] = total
 
 
+@_inline_helper
+def _accumulate_few_channels(
+    xs: np.ndarray, start: int, count: int, width: int, first_row: int, l1: bool, rows: np.ndarray
+) -> None:
+    """Add the norms of positions ``start`` to ``start + count`` of a sample of 1 to 3 channels to ``rows``.
+
+    ``(|x0| + |x1|) + |x2|``: the order of the channel halves for 2 and 3 channels.
+    """
+    channels = xs.shape[0]
+    ph = rows.shape[0]
+    for k in range(count // width):
+        row = rows[(first_row + k) % ph]
+        offset = start + k * width
+        for w in range(width):
+            a = xs[0, offset + w]
+            norm = abs(a) if l1 else a * a
+            if channels > 1:
+                b = xs[1, offset + w]
+                norm = norm + (abs(b) if l1 else b * b)
+            if channels > 2:
+                c = xs[2, offset + w]
+                norm = norm + (abs(c) if l1 else c * c)
+            row[w] += np.float64(norm)
+
+
 @_helper
 def _sample_energy_planes(xs: np.ndarray, width: int, l1: bool, energies: np.ndarray) -> None:
     """Energies of one ``(C, H * W)`` sample: channels summed by halves (the eager order), then float64.
@@ -57,11 +82,9 @@ def _sample_energy_planes(xs: np.ndarray, width: int, l1: bool, energies: np.nda
     for first_row in range(0, height, block_rows):
         count = min(block_rows, height - first_row) * width
         start = first_row * width
-        if channels == 1:
-            source = xs[0]
-            target = values[0]
-            for i in range(count):
-                target[i] = abs(source[start + i]) if l1 else source[start + i] * source[start + i]
+        if channels <= 3:  # one loop, straight into the float64 rows (the same order of adds)
+            _accumulate_few_channels(xs, start, count, width, first_row, l1, rows)
+            continue
         for c in range(half):
             head = xs[c, start : start + count]
             tail = xs[c + half, start : start + count]
@@ -72,7 +95,7 @@ def _sample_energy_planes(xs: np.ndarray, width: int, l1: bool, energies: np.nda
             else:
                 for i in range(count):
                     target[i] = head[i] * head[i] + tail[i] * tail[i]
-        if channels > 1 and channels % 2 == 1:
+        if channels % 2 == 1:
             last = xs[channels - 1, start : start + count]
             target = values[0]
             if l1:
@@ -110,24 +133,46 @@ def _sample_energy_tokens(xs: np.ndarray, l1: bool, energies: np.ndarray) -> Non
     ph = energies.shape[0]
     full = channels // 8
     rows = np.zeros((ph, width), dtype=np.float64)
-    lanes = np.empty(8, dtype=xs.dtype)
+    lanes = np.zeros(8, dtype=xs.dtype)
     for h in range(height):
         row = rows[h % ph]
         for w in range(width):
             token = xs[h, w]
-            for lane in range(8):
-                lanes[lane] = 0.0
+            zero = token[0] * 0  # of the input's dtype, so that the lanes keep it
+            a0, a1, a2, a3, a4, a5, a6, a7 = zero, zero, zero, zero, zero, zero, zero, zero
             for k in range(full):
+                t = token[8 * k : 8 * k + 8]
                 if l1:
-                    for lane in range(8):
-                        lanes[lane] += abs(token[8 * k + lane])
+                    a0 += abs(t[0])
+                    a1 += abs(t[1])
+                    a2 += abs(t[2])
+                    a3 += abs(t[3])
+                    a4 += abs(t[4])
+                    a5 += abs(t[5])
+                    a6 += abs(t[6])
+                    a7 += abs(t[7])
                 else:
-                    for lane in range(8):
-                        lanes[lane] += token[8 * k + lane] * token[8 * k + lane]
+                    a0 += t[0] * t[0]
+                    a1 += t[1] * t[1]
+                    a2 += t[2] * t[2]
+                    a3 += t[3] * t[3]
+                    a4 += t[4] * t[4]
+                    a5 += t[5] * t[5]
+                    a6 += t[6] * t[6]
+                    a7 += t[7] * t[7]
+            lanes[:] = 0
             for lane in range(channels - 8 * full):
                 value = token[8 * full + lane]
-                lanes[lane] += abs(value) if l1 else value * value
-            norm = ((lanes[0] + lanes[4]) + (lanes[2] + lanes[6])) + ((lanes[1] + lanes[5]) + (lanes[3] + lanes[7]))
+                lanes[lane] = abs(value) if l1 else value * value
+            a0 += lanes[0]
+            a1 += lanes[1]
+            a2 += lanes[2]
+            a3 += lanes[3]
+            a4 += lanes[4]
+            a5 += lanes[5]
+            a6 += lanes[6]
+            a7 += lanes[7]
+            norm = ((a0 + a4) + (a2 + a6)) + ((a1 + a5) + (a3 + a7))
             row[w] += np.float64(norm)
     _fold_columns(rows, energies)
 
@@ -220,8 +265,11 @@ def _roll_planes(source: np.ndarray, dh: int, dw: int, length: int, target: np.n
     total = source.shape[1]
     height = total // length
     shift = dh * length + dw
-    target[:, : total - shift] = source[:, shift:]
-    target[:, total - shift :] = source[:, :shift]
+    for n in range(source.shape[0]):  # plane by plane: contiguous copies (a 2-D slice copy is slower)
+        plane = source[n]
+        rotated = target[n]
+        rotated[: total - shift] = plane[shift:]
+        rotated[total - shift :] = plane[:shift]
     if dw > 0:
         row = dh
         for i in range(height):
