@@ -279,6 +279,18 @@ def _roll_planes(source: np.ndarray, dh: int, dw: int, length: int, target: np.n
                 row = 0
 
 
+@_inline_helper
+def _take_unique_anchor(energies: np.ndarray, b: int, offsets: np.ndarray, done: np.ndarray) -> bool:
+    """Store sample ``b``'s anchor (and mark it done) if its largest energy is unique; whether it was."""
+    best = _unique_argmax(energies[b])
+    if best < 0:
+        return False
+    offsets[b, 0] = best // energies.shape[2]
+    offsets[b, 1] = best % energies.shape[2]
+    done[b] = True
+    return True
+
+
 def anchor_planes(
     x: np.ndarray,
     width: int,
@@ -289,14 +301,9 @@ def anchor_planes(
     y: np.ndarray,
 ) -> None:
     """Energies of each ``(C, H * W)`` sample, and its roll to the anchor when the largest is unique."""
-    pw = energies.shape[2]
     for b in numba.prange(x.shape[0]):
         _sample_energy_planes(x[b], width, l1, energies[b])
-        best = _unique_argmax(energies[b])
-        if best >= 0:
-            offsets[b, 0] = best // pw
-            offsets[b, 1] = best % pw
-            done[b] = True
+        if _take_unique_anchor(energies, b, offsets, done):
             _roll_planes(x[b], offsets[b, 0], offsets[b, 1], width, y[b])
 
 
@@ -310,14 +317,9 @@ def anchor_tokens(
 ) -> None:
     """Energies of each ``(H, W, C)`` sample of tokens, and its roll to the anchor when the largest is unique."""
     height, width, channels = x.shape[1], x.shape[2], x.shape[3]
-    pw = energies.shape[2]
     for b in numba.prange(x.shape[0]):
         _sample_energy_tokens(x[b], l1, energies[b])
-        best = _unique_argmax(energies[b])
-        if best >= 0:
-            offsets[b, 0] = best // pw
-            offsets[b, 1] = best % pw
-            done[b] = True
+        if _take_unique_anchor(energies, b, offsets, done):
             length = width * channels
             flat = x[b].reshape(1, height * length)
             _roll_planes(flat, offsets[b, 0], offsets[b, 1] * channels, length, y[b].reshape(1, height * length))

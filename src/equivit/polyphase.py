@@ -169,7 +169,9 @@ def _position_norms(x: torch.Tensor, l1: bool, channels_last: bool) -> torch.Ten
     if x.dtype != torch.float32 and x.dtype != torch.float64:
         x = x.float()
     values = x.abs() if l1 else x.square()  # a new tensor (in the layout of x): the adds may run in place
-    if values.stride(dim) == 1:
+    if values.stride(dim) == 1 and (channels_last or not values.is_contiguous()):
+        # Contiguous tokens. (A contiguous (B, C, 1, 1) map has a channel stride of 1 too: it takes
+        # the halves below, as every contiguous (B, C, H, W) map does, and as the fused kernels do.)
         return values.sum(dim=dim)
     while values.shape[dim] > 1:
         half = values.shape[dim] // 2
