@@ -14,9 +14,10 @@ one index per element for the roll. With `numba <https://numba.pydata.org>`_ ins
   energies are known, while it is still in the cache.
 
 For ``(B, C, H, W)`` maps the channel sums are the eager path's (elementwise adds of channel
-halves), so the energies, and hence the anchors, are bit-identical to it. For token maps (channels
-contiguous) they are summed in eight lanes then halved, which differs from the eager path's
-``sum`` in the last bits: the choice of anchor can differ between the two only where two phases'
+halves), so the per-position norms are bit-identical to it, and so are the energies wherever
+their float64 sums are exact (the headroom in :mod:`equivit.polyphase`), hence the anchors.
+For token maps (channels contiguous) they are summed in eight lanes then halved, which differs
+from the eager path's ``sum`` in the last bits: the choice of anchor can differ between the two only where two phases'
 energies agree to about ``1e-7``, as it already can between the eager, compiled and GPU paths.
 
 The kernels run only in eager mode on the CPU, for contiguous maps, and only where no gradient is
