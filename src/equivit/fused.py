@@ -198,8 +198,9 @@ def roll(
     data = x.detach()
     tokens = _layout(x, channels_last) == "tokens"
     if tokens:
-        batch, height, width, channels = _tokens(data, channels_last).shape
-        source = _tokens(data, channels_last).reshape(batch, 1, height, width * channels)
+        token_map = _tokens(data, channels_last)
+        batch, height, width, channels = token_map.shape
+        source = token_map.reshape(batch, 1, height, width * channels)
         unit = channels
         out = torch.empty(batch, height + 2 * ph, width + 2 * pw, channels, dtype=x.dtype)
     else:

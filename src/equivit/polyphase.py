@@ -539,6 +539,16 @@ def _best_phase(x: torch.Tensor, coarse: torch.Tensor, l1: bool, channels_last: 
     return _tiered_scores(x, coarse, l1, channels_last, True).flatten(1).argmax(dim=1)
 
 
+def _phase_offsets(best: torch.Tensor, sw: int) -> torch.Tensor:
+    """``(row, column)`` of each sample's flat phase index in a grid ``sw`` phases wide.
+
+    Shape:
+        - best: :math:`(B,)`
+        - output: :math:`(B, 2)`
+    """
+    return torch.stack((torch.div(best, sw, rounding_mode="floor"), torch.remainder(best, sw)), dim=1)
+
+
 def _anchor_offsets(x: torch.Tensor, sh: int, sw: int, energy: str, channels_last: bool) -> torch.Tensor:
     """:func:`anchor_offsets` for the layers: positional arguments, TorchScript-compatible.
 
@@ -549,8 +559,7 @@ def _anchor_offsets(x: torch.Tensor, sh: int, sw: int, energy: str, channels_las
     _check_input(x, (sh, sw), channels_last, "anchor_offsets")
     _check_energy(energy)
     coarse = _energy(x, sh, sw, energy == "l1", channels_last)
-    best = _best_phase(x, coarse, energy == "l1", channels_last)
-    return torch.stack((torch.div(best, sw, rounding_mode="floor"), torch.remainder(best, sw)), dim=1)
+    return _phase_offsets(_best_phase(x, coarse, energy == "l1", channels_last), sw)
 
 
 def _polyphase_anchor(
@@ -587,8 +596,7 @@ def _fused_anchor(
     rolled, offsets, coarse, done = fused.anchor(x, sh, sw, l1, channels_last)
     if bool(done.all()):
         return rolled, offsets
-    best = _best_phase(x, coarse, l1, channels_last)
-    offsets = torch.stack((torch.div(best, sw, rounding_mode="floor"), torch.remainder(best, sw)), dim=1)
+    offsets = _phase_offsets(_best_phase(x, coarse, l1, channels_last), sw)
     return _roll(x, offsets, channels_last, 1, (0, 0)), offsets
 
 
