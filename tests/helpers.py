@@ -70,6 +70,33 @@ def naive_l2_anchor(x: torch.Tensor, stride: tuple[int, int]) -> torch.Tensor:
     return torch.stack(rolled)
 
 
+def sign_free_anchor(x: torch.Tensor, stride: tuple[int, int]) -> torch.Tensor:
+    """An anchor whose ties are broken by statistics that drop the sign: L1 energies, then the L1-norm map.
+
+    Candidates are ranked by their float64 L1 energy, then by the best lexicographic rank of the
+    per-pixel L1-norm map read from one of their lifts (``equivit.cyclic_rotation_rank``), first
+    maximum taken: the statistics equivit used before its bit-pattern tie-break. Content that
+    differs only in sign (or in channel order) looks the same to it.
+    """
+    batch, channels, height, width = x.shape
+    sh, sw = stride
+    x64 = x.double()
+    energy = x64.abs().reshape(batch, channels, height // sh, sh, width // sw, sw).sum(dim=(1, 2, 4)).flatten(1)
+    norms = x64.abs().sum(dim=1)
+    ranks = equivit.cyclic_rotation_rank(norms).view(batch, height // sh, sh, width // sw, sw).amax(dim=(1, 3))
+    leading = energy == energy.amax(dim=1, keepdim=True)
+    best = torch.where(leading, ranks.flatten(1), -1).argmax(dim=1)
+    rolled = [torch.roll(x[b], (-(int(best[b]) // sw), -(int(best[b]) % sw)), dims=(1, 2)) for b in range(batch)]
+    return torch.stack(rolled)
+
+
+def sign_free_consistency(x: torch.Tensor, stride: tuple[int, int], shift: tuple[int, int]) -> torch.Tensor:
+    """Per sample consistency of :func:`sign_free_anchor` (a negative control for signed content)."""
+    y = sign_free_anchor(x, stride)
+    y_shifted = sign_free_anchor(torch.roll(x, shift, dims=(2, 3)), stride)
+    return torch.tensor([is_whole_period_roll(y_shifted[b], y[b], stride, (0, 0)) for b in range(x.shape[0])])
+
+
 def naive_consistency(x: torch.Tensor, stride: tuple[int, int], shift: tuple[int, int]) -> torch.Tensor:
     """Per sample consistency of :func:`naive_l2_anchor` (the negative control)."""
     y = naive_l2_anchor(x, stride)

@@ -35,6 +35,8 @@ from collections.abc import Callable, Iterator
 
 import torch
 
+from equivit.device_paths import takes_host_paths
+
 __all__ = ["available", "enabled", "use_fused_kernels"]
 
 # Maps of fewer elements (4 MB of float32) run in the calling thread only.
@@ -100,7 +102,7 @@ def _eager() -> bool:
 def applies_to_energy(x: torch.Tensor, channels_last: bool) -> bool:
     """Whether the fused energy pass can read ``x`` (CPU, float32/float64, contiguous tokens or planes)."""
     return (
-        x.is_cpu
+        takes_host_paths(x)
         and x.dtype in (torch.float32, torch.float64)
         and x.shape[0] > 0
         and _layout(x, channels_last) is not None
@@ -112,7 +114,7 @@ def applies_to_energy(x: torch.Tensor, channels_last: bool) -> bool:
 def applies_to_roll(x: torch.Tensor, channels_last: bool) -> bool:
     """Whether the fused roll can copy ``x`` (CPU, contiguous, no gradient needed through it)."""
     return (
-        x.is_cpu
+        takes_host_paths(x)
         and x.element_size() in _COPY_DTYPES
         and not x.is_complex()
         and not (x.requires_grad and torch.is_grad_enabled())

@@ -16,18 +16,19 @@ Choosing the component:
    In eager mode on the CPU, each position's channels are summed in float32 first (in an order
    that is the same for every position) and those per-position norms are summed in float64.
 2. **Ties, from content only.** Equal energies are common on synthetic images (binary, constant,
-   stripes, checkerboards, dots). ``argmax`` would take the first index, which is not
-   shift-consistent. Instead each candidate is ranked by the whole energy grid read from its
-   own position: the rotations of the grid are compared lexicographically (see
-   :mod:`equivit.canonical`), which a shift of the input cannot change. Candidates still tied
-   are ranked by the same comparison on a finer energy grid, of period ``m * stride`` up to 32
-   pixels per axis, and then on the full-resolution map of per-pixel statistics (L1 norm over
-   channels, channel mix), which sees structure of any size. Each tier runs only when the
-   previous one leaves the maximum tied.
-3. **What remains.** Candidates whose rotated pixel maps are identical are tied for good: the
-   map is periodic with a period that carries one onto the other, so both give the same map up
-   to whole periods and the tie is harmless; the first index is taken. :func:`unresolved_ties`
-   reports them.
+   stripes, checkerboards, dots, a map beside its negative). ``argmax`` would take the first
+   index, which is not shift-consistent. Among the phases of largest energy, the one whose lifts
+   hold the largest hash of the whole map read from them wins (:mod:`equivit.tie_break`): exact
+   integer arithmetic on the tokens' bit patterns, so sign, channel order and arrangement all
+   count, and a shift of the input cannot change the choice.
+3. **What remains.** Two candidates tie only when the map read from one equals the map read
+   from the other (up to a hash collision of probability about ``2**-40``): the map is periodic
+   with a period that carries one onto the other, so both give the same map up to whole periods
+   and the tie is harmless; the first index is taken. :func:`unresolved_ties` reports them.
+
+Where it runs: on the accelerator paths (CUDA tensors, ``torch.compile``, ``torch.export``,
+tracing, :func:`equivit.device_paths.accelerator_paths`) the tie-break runs on every anchor, with
+no host read. On the CPU it runs only when one flag read (free there) says an energy is tied.
 
 Exactness: a tie between candidates is only seen as a tie if their energies are summed without
 rounding, since the summation order follows the position in the image. Float64 accumulation is
@@ -40,21 +41,23 @@ rounded, but identically for equal tokens, so equal multisets of tokens still gi
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from functools import partial
 from typing import Literal
 
 import torch
 
 from equivit import fused
-from equivit.canonical import cyclic_rotation_rank, dense_rank
+from equivit.canonical import dense_rank
+from equivit.device_paths import takes_host_paths
 from equivit.report import shape_text
 from equivit.roll import _roll
+from equivit.tables import cached_table
+from equivit.tie_break import reading_hash_scores
 
 __all__ = [
     "Energy",
     "anchor_offsets",
     "anchor_scores",
-    "fine_multiplier",
     "normalize_stride",
     "polyphase_anchor",
     "polyphase_energy",
@@ -120,19 +123,6 @@ def _check_input(x: torch.Tensor, stride: tuple[int, int], channels_last: bool, 
             f"(zero padding would break shift equivariance)"
         )
     return height, width
-
-
-def fine_multiplier(size: int, period: int) -> int:
-    """The multiplier ``m`` of the tie-breaking grid along one axis.
-
-    The largest ``m`` such that ``m * period`` divides ``size`` and is at most 32 (or 1 when the
-    period already exceeds 32). The tie-breaking energy grid has period ``m * period``.
-    """
-    blocks = size // period
-    m = max(1, 32 // period)  # a literal: TorchScript reads no global ints
-    while blocks % m != 0:
-        m -= 1
-    return m
 
 
 def _accumulate_dtype(x: torch.Tensor) -> torch.dtype:
@@ -214,7 +204,7 @@ def _fast_cpu_path(x: torch.Tensor) -> bool:
     """Whether the eager CPU path (per-position norms in slices) applies: not under ``torch.compile``/export."""
     fast = x.is_cpu and x.shape[0] > 0
     if not torch.jit.is_scripting():  # noqa: SIM102 (TorchScript skips only this exact condition)
-        if _tracing():
+        if _tracing() or not takes_host_paths(x):
             fast = False
     return fast
 
@@ -281,78 +271,6 @@ def polyphase_energy(
     return _energy(x, ph, pw, energy == "l1", channels_last)
 
 
-def _channel_mix(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
-    """``sum_c r_c x_c`` per position, with fixed small-integer weights ``r`` (float64, exact).
-
-    Tokens that are channel permutations of each other have the same L1 norm; this statistic
-    tells most of them apart. The weights are nonzero integers from -4 to 4, so every product
-    and, with the headroom that the energies need anyway, every sum is exact: equal tokens give
-    equal values wherever they sit.
-
-    Shape:
-        - x: :math:`(B, C, H, W)`, or :math:`(B, H, W, C)` with ``channels_last=True``
-        - output: :math:`(B, 1, H, W)`
-    """
-    channels = x.shape[-1] if channels_last else x.shape[1]
-    index = torch.arange(channels, device=x.device)
-    weights = (torch.remainder(index * 5, 4) + 1) * (
-        1 - 2 * torch.remainder(torch.div(index * 3, 2, rounding_mode="floor"), 2)
-    )
-    acc = _accumulate_dtype(x)
-    if channels_last:
-        mixed = (x.detach().to(acc) * weights.to(acc)).sum(dim=-1)
-    else:
-        mixed = (x.detach().to(acc) * weights.to(acc)[:, None, None]).sum(dim=1)
-    return mixed[:, None]
-
-
-def _fine_rank(x: torch.Tensor, sh: int, sw: int, l1: bool, channels_last: bool) -> torch.Tensor:
-    """Second tier: each candidate's rank on the finer grid of period ``m * stride`` (best of its lifts).
-
-    The fine grid's cells are (energy, channel-mix energy) pairs; every rotation of it is ranked
-    lexicographically and each candidate keeps the best rank among the ``m_h * m_w`` fine
-    positions that lie on its phase.
-
-    Shape:
-        - output: :math:`(B, s_h, s_w)`, int64 in ``[0, m_h s_h m_w s_w)``
-    """
-    height, width = _spatial_size(x, channels_last)
-    mh, mw = fine_multiplier(height, sh), fine_multiplier(width, sw)
-    fine = _energy(x, mh * sh, mw * sw, l1, channels_last)
-    mix = _energy(_channel_mix(x, channels_last), mh * sh, mw * sw, True, False)
-    cells = fine.shape[1] * fine.shape[2]
-    pair = dense_rank(fine.flatten(1)) * (cells + 1) + dense_rank(mix.flatten(1))
-    rank = cyclic_rotation_rank(pair.view(fine.shape))
-    return rank.view(fine.shape[0], mh, sh, mw, sw).amax(dim=(1, 3))
-
-
-def _pixel_rank(x: torch.Tensor, sh: int, sw: int, channels_last: bool) -> torch.Tensor:
-    """Third tier: each candidate's rank on the full-resolution map of per-pixel statistics.
-
-    Every pixel is described by (L1 norm over channels, channel mix); every rotation of that map
-    is ranked lexicographically, and each candidate keeps the best rank among the pixels on its
-    phase. Two candidates stay tied only when the map read from one is the map read from the
-    other, that is when the map is periodic with a period that carries one candidate onto the
-    other: the tie is then harmless (both choices give the same map up to whole periods).
-
-    Shape:
-        - output: :math:`(B, s_h, s_w)`, int64 in ``[0, H W)``
-    """
-    batch = x.shape[0]
-    height, width = _spatial_size(x, channels_last)
-    acc = _accumulate_dtype(x)
-    if _fast_cpu_path(x):
-        l1 = _position_norms(x.detach(), True, channels_last).to(acc)
-    else:
-        l1 = torch.linalg.vector_norm(x.detach(), ord=1, dim=-1 if channels_last else 1, dtype=acc)
-    l1 = torch.nan_to_num(l1, nan=float("inf")).reshape(batch, -1)
-    mix = torch.nan_to_num(_channel_mix(x, channels_last), nan=float("inf")).reshape(batch, -1)
-    pixels = height * width
-    pair = dense_rank(l1) * (pixels + 1) + dense_rank(mix)
-    rank = cyclic_rotation_rank(pair.view(batch, height, width))
-    return rank.view(batch, height // sh, sh, width // sw, sw).amax(dim=(1, 3))
-
-
 def _spatial_size(x: torch.Tensor, channels_last: bool) -> tuple[int, int]:
     if channels_last:
         return x.shape[1], x.shape[2]
@@ -371,89 +289,50 @@ def _top_is_unique(scores: torch.Tensor) -> torch.Tensor:
     return (scores == scores.amax(dim=1, keepdim=True)).sum() == scores.shape[0]
 
 
-def _cond(
-    predicate: torch.Tensor,
-    if_true: Callable[..., torch.Tensor],
-    if_false: Callable[..., torch.Tensor],
-    operands: tuple[torch.Tensor, ...],
-) -> torch.Tensor:
-    """``torch.cond``: the data-dependent choice, traced by ``torch.compile`` and ``torch.export`` (no graph break)."""
-    return torch.cond(predicate, if_true, if_false, operands)
+def _host_reads_free(x: torch.Tensor) -> bool:
+    """Whether a data-dependent branch may read ``x``'s values on the host: CPU paths, eager, not traced."""
+    if not torch.jit.is_scripting():
+        return takes_host_paths(x) and not _tracing() and not torch.jit.is_tracing()
+    return x.is_cpu
 
 
-def _first_tiers(x: torch.Tensor, coarse: torch.Tensor, l1: bool, channels_last: bool) -> torch.Tensor:
-    """Scores from the coarse energies and the fine grid (lexicographic).
+def _tie_broken_choice(x: torch.Tensor, coarse: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """Flat index of the phase of largest energy, ties broken by :func:`reading_hash_scores`; no host read.
 
     Shape:
         - coarse: :math:`(B, s_h, s_w)`
-        - output: :math:`(B, s_h, s_w)`, int64
+        - output: :math:`(B,)`
     """
-    sh, sw = coarse.shape[1], coarse.shape[2]
-    height, width = _spatial_size(x, channels_last)
-    fine_cells = fine_multiplier(height, sh) * sh * fine_multiplier(width, sw) * sw
-    return cyclic_rotation_rank(coarse) * fine_cells + _fine_rank(x, sh, sw, l1, channels_last)
+    flat = coarse.flatten(1)
+    hashes = reading_hash_scores(x, coarse.shape[1], coarse.shape[2], channels_last).flatten(1)
+    behind = flat < flat.amax(dim=1, keepdim=True)  # not of the largest energy (NaN: none behind)
+    return hashes.masked_fill(behind, float("-inf")).argmax(dim=1)
 
 
-def _pixel_tier_needed(x: torch.Tensor, coarse: torch.Tensor, channels_last: bool) -> bool:
-    """Whether the fine grid is coarser than the pixel grid (else the pixel tier adds nothing)."""
-    sh, sw = coarse.shape[1], coarse.shape[2]
-    height, width = _spatial_size(x, channels_last)
-    return fine_multiplier(height, sh) * sh != height or fine_multiplier(width, sw) * sw != width
+def _best_phase(x: torch.Tensor, coarse: torch.Tensor, l1: bool, channels_last: bool) -> torch.Tensor:
+    """Flat index of the anchored phase: largest energy, then the content tie-break.
 
-
-def _lazy_refine_traced(x: torch.Tensor, first: torch.Tensor, channels_last: bool) -> torch.Tensor:
-    """:func:`_lazy_refine` as a ``torch.cond`` (the branches capture ints only)."""
-    sh, sw = int(first.shape[1]), int(first.shape[2])
-    height, width = _spatial_size(x, channels_last)
-    pixels = height * width
-
-    def refine(x: torch.Tensor, first: torch.Tensor) -> torch.Tensor:
-        return first * pixels + _pixel_rank(x, sh, sw, channels_last)
-
-    def keep(x: torch.Tensor, first: torch.Tensor) -> torch.Tensor:
-        return first * pixels
-
-    return _cond(_top_is_unique(first.flatten(1)), keep, refine, (x, first))
-
-
-def _lazy_refine(x: torch.Tensor, first: torch.Tensor, channels_last: bool) -> torch.Tensor:
-    """The pixel tier, computed only when the top score of ``first`` is still tied somewhere.
+    On the accelerator paths (and under ``torch.compile``, ``torch.export`` and tracing) the
+    tie-break runs for every sample, in a fixed sequence of operations: no host read. On the CPU
+    paths one flag is read (free there): when every sample's largest energy is unique the
+    tie-break is skipped, and otherwise it runs on the tied samples only. Both choose the same.
 
     Shape:
-        - first: :math:`(B, s_h, s_w)`, dense ranks
-        - output: :math:`(B, s_h, s_w)`, int64
-    """
-    if not torch.jit.is_scripting():  # noqa: SIM102 (TorchScript skips only this exact condition)
-        if _tracing():
-            return _lazy_refine_traced(x, first, channels_last)
-    height, width = _spatial_size(x, channels_last)
-    pixels = height * width
-    if bool(_top_is_unique(first.flatten(1))):
-        return first * pixels
-    return first * pixels + _pixel_rank(x, first.shape[1], first.shape[2], channels_last)
-
-
-def _tiered_scores(x: torch.Tensor, coarse: torch.Tensor, l1: bool, channels_last: bool, lazy: bool) -> torch.Tensor:
-    """Scores from the three tiers: coarse energies, fine grid, full-resolution pixel map.
-
-    Lexicographic: a later tier only orders candidates that the earlier ones leave equal. With
-    ``lazy`` the pixel tier runs only when the top score is still tied after the fine tier, and
-    then only decides among the tied top candidates (the others get a lower score); the
-    maximum, and so the anchor, is the same either way.
-
-    Shape:
+        - x: :math:`(B, C, H, W)`, or :math:`(B, H, W, C)` with ``channels_last=True``
         - coarse: :math:`(B, s_h, s_w)`
-        - output: :math:`(B, s_h, s_w)`, int64
+        - output: :math:`(B,)`
     """
-    first = _first_tiers(x, coarse, l1, channels_last)
-    if not _pixel_tier_needed(x, coarse, channels_last):
-        return first  # the fine grid is the pixel grid: nothing finer to look at
-    batch, sh, sw = coarse.shape[0], coarse.shape[1], coarse.shape[2]
-    first = dense_rank(first.flatten(1)).view(batch, sh, sw)  # < sh * sw, so the product below fits
-    if lazy:
-        return _lazy_refine(x, first, channels_last)
-    height, width = _spatial_size(x, channels_last)
-    return first * (height * width) + _pixel_rank(x, sh, sw, channels_last)
+    flat = coarse.flatten(1)
+    if flat.shape[0] == 0 or flat.shape[1] == 1:
+        return flat.argmax(dim=1)
+    if not _host_reads_free(x):
+        return _tie_broken_choice(x, coarse, channels_last)
+    best = flat.argmax(dim=1)
+    if bool(_top_is_unique(flat)):
+        return best
+    tied = ((flat == flat.amax(dim=1, keepdim=True)).sum(dim=1) > 1).nonzero().squeeze(1)
+    chosen = _tie_broken_choice(x.index_select(0, tied), coarse.index_select(0, tied), channels_last)
+    return best.index_copy(0, tied, chosen)
 
 
 def anchor_scores(
@@ -465,12 +344,11 @@ def anchor_scores(
 ) -> torch.Tensor:
     """Score of every candidate phase; the anchor is the phase of highest score.
 
-    Three tiers, each consulted only to order candidates that the previous ones leave equal:
-    the candidate's energy grid read from its own position (coarse period = ``stride``), the
-    finer grid of period ``m * stride`` (up to 32 pixels), and the full-resolution map of
-    per-pixel statistics. The score depends only on content: shifting the input by ``(a, b)``
-    rolls the score grid by ``(a, b)`` modulo the stride. Equal top scores are ties that content
-    cannot break; they are harmless (see :func:`unresolved_ties`).
+    Lexicographic: the candidate's energy first, then its content tie-break
+    (:func:`equivit.tie_break.reading_hash_scores`: the best hash of the whole map read from one
+    of its lifts). The score depends only on content: shifting the input by ``(a, b)`` rolls
+    the score grid by ``(a, b)`` modulo the stride. Equal top scores are ties that content cannot
+    break; they are harmless (see :func:`unresolved_ties`).
 
     Args:
         x: Feature maps; ``H`` and ``W`` multiples of the stride.
@@ -479,7 +357,7 @@ def anchor_scores(
         channels_last: Whether ``x`` is laid out ``(B, H, W, C)``.
 
     Returns:
-        int64 scores.
+        int64 scores in ``[0, (s_h s_w)^2)``: dense ranks of the (energy, tie-break) pairs.
 
     Shape:
         - x: :math:`(B, C, H, W)`, or :math:`(B, H, W, C)` with ``channels_last=True``
@@ -492,60 +370,32 @@ def anchor_scores(
     coarse = _energy(x, pair[0], pair[1], energy == "l1", channels_last)
     if x.shape[0] == 0:
         return torch.zeros(coarse.shape, dtype=torch.int64, device=x.device)
-    return _tiered_scores(x, coarse, energy == "l1", channels_last, False)
+    hashes = reading_hash_scores(x, pair[0], pair[1], channels_last)
+    count = pair[0] * pair[1]
+    scores = dense_rank(coarse.flatten(1)) * count + dense_rank(hashes.flatten(1))
+    return scores.view(coarse.shape)
 
 
-def _best_phase_traced(
-    x: torch.Tensor, flat: torch.Tensor, sh: int, sw: int, l1: bool, channels_last: bool
-) -> torch.Tensor:
-    """:func:`_best_phase` as a ``torch.cond``.
-
-    The branches capture ints only: a captured tensor that an operand views, or a captured
-    dynamic batch size, cannot be traced by ``torch.export``.
-    """
-
-    def plain(x: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
-        return flat.argmax(dim=1)
-
-    def ranked(x: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
-        grid = flat.view(flat.shape[0], sh, sw)
-        return _tiered_scores(x, grid, l1, channels_last, True).flatten(1).argmax(dim=1)
-
-    return _cond(_top_is_unique(flat), plain, ranked, (x, flat))
-
-
-def _best_phase(x: torch.Tensor, coarse: torch.Tensor, l1: bool, channels_last: bool) -> torch.Tensor:
-    """Flat index of the highest-scoring phase, computing the tie-break tiers only where needed.
-
-    When every sample's largest coarse energy is unique, that phase also has the highest score
-    (the rotated grid read from it starts with the largest value), so the ranking is skipped.
-    Under ``torch.compile`` and ``torch.export`` the decision is a ``torch.cond``; elsewhere it
-    reads the predicate (free on the CPU, one wait for the device on an accelerator).
+def _phase_grid(sh: int, sw: int, device: torch.device) -> torch.Tensor:
+    """``(row, column)`` of every flat phase index of an ``sh x sw`` grid.
 
     Shape:
-        - x: :math:`(B, C, H, W)`, or :math:`(B, H, W, C)` with ``channels_last=True``
-        - coarse: :math:`(B, s_h, s_w)`
-        - output: :math:`(B,)`
+        - output: :math:`(s_h s_w, 2)`, int64
     """
-    flat = coarse.flatten(1)
-    if flat.shape[0] == 0 or flat.shape[1] == 1:
-        return flat.argmax(dim=1)
-    sh, sw = coarse.shape[1], coarse.shape[2]
-    if not torch.jit.is_scripting():  # noqa: SIM102 (TorchScript skips only this exact condition)
-        if _tracing():
-            return _best_phase_traced(x, flat, sh, sw, l1, channels_last)
-    if bool(_top_is_unique(flat)):
-        return flat.argmax(dim=1)
-    return _tiered_scores(x, coarse, l1, channels_last, True).flatten(1).argmax(dim=1)
+    index = torch.arange(sh * sw, device=device)
+    return torch.stack((torch.div(index, sw, rounding_mode="floor"), torch.remainder(index, sw)), dim=1)
 
 
-def _phase_offsets(best: torch.Tensor, sw: int) -> torch.Tensor:
-    """``(row, column)`` of each sample's flat phase index in a grid ``sw`` phases wide.
+def _phase_offsets(best: torch.Tensor, sh: int, sw: int) -> torch.Tensor:
+    """``(row, column)`` of each sample's flat phase index in an ``sh x sw`` grid (one table lookup).
 
     Shape:
         - best: :math:`(B,)`
         - output: :math:`(B, 2)`
     """
+    if not torch.jit.is_scripting():
+        table = cached_table(("phases", sh, sw), best.device, partial(_phase_grid, sh, sw, best.device))
+        return table.index_select(0, best)
     return torch.stack((torch.div(best, sw, rounding_mode="floor"), torch.remainder(best, sw)), dim=1)
 
 
@@ -559,7 +409,7 @@ def _anchor_offsets(x: torch.Tensor, sh: int, sw: int, energy: str, channels_las
     _check_input(x, (sh, sw), channels_last, "anchor_offsets")
     _check_energy(energy)
     coarse = _energy(x, sh, sw, energy == "l1", channels_last)
-    return _phase_offsets(_best_phase(x, coarse, energy == "l1", channels_last), sw)
+    return _phase_offsets(_best_phase(x, coarse, energy == "l1", channels_last), sh, sw)
 
 
 def _polyphase_anchor(
@@ -596,7 +446,7 @@ def _fused_anchor(
     rolled, offsets, coarse, done = fused.anchor(x, sh, sw, l1, channels_last)
     if bool(done.all()):
         return rolled, offsets
-    offsets = _phase_offsets(_best_phase(x, coarse, l1, channels_last), sw)
+    offsets = _phase_offsets(_best_phase(x, coarse, l1, channels_last), sh, sw)
     return _roll(x, offsets, channels_last, 1, (0, 0)), offsets
 
 

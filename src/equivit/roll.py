@@ -7,10 +7,14 @@ indices is one pass over the data, differentiable (its gradient is the inverse r
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 
 from equivit import fused
+from equivit.device_paths import takes_host_paths
 from equivit.report import dtype_name, shape_text
+from equivit.tables import cached_table
 
 __all__ = ["roll_from_anchor", "roll_to_anchor"]
 
@@ -72,13 +76,59 @@ def _roll_tokens(x: torch.Tensor, offsets: torch.Tensor, sign: int, padding: tup
     return rows.view(batch, height + 2 * ph, width + 2 * pw, channels)
 
 
+def _line_table(size: int, sign: int, pad: int, scale: int, device: torch.device) -> torch.Tensor:
+    r"""Source line of every output line for every roll: ``T[o, k] = ((k - pad + sign * o) mod size) * scale``.
+
+    Shape:
+        - output: :math:`(size, size + 2 \cdot pad)`, int64
+    """
+    lines = torch.arange(-pad, size + pad, device=device)
+    shifts = torch.arange(size, device=device).unsqueeze(1) * sign
+    return torch.remainder(lines.unsqueeze(0) + shifts, size) * scale
+
+
+def _roll_by_tables(
+    x: torch.Tensor, offsets: torch.Tensor, channels_last: bool, sign: int, padding: tuple[int, int]
+) -> torch.Tensor:
+    """The roll for accelerators and compiled graphs: two table lookups, an add and one gather.
+
+    The tables of source rows and columns (one row per possible offset) are built once per shape
+    and device, so a roll launches four kernels whatever the batch. ``offsets`` must lie in
+    ``[0, H) x [0, W)`` (the public functions reduce them first).
+    """
+    if not channels_last and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        return _roll_by_tables(x.permute(0, 2, 3, 1), offsets, True, sign, padding).permute(0, 3, 1, 2)
+    batch = x.shape[0]
+    height, width = (x.shape[1], x.shape[2]) if channels_last else (x.shape[2], x.shape[3])
+    ph, pw = padding
+    row_table = cached_table(("roll-lines", height, sign, ph, width), x.device,
+                             partial(_line_table, height, sign, ph, width, x.device))  # fmt: skip
+    col_table = cached_table(("roll-lines", width, sign, pw, 1), x.device,
+                             partial(_line_table, width, sign, pw, 1, x.device))  # fmt: skip
+    rows = row_table.index_select(0, offsets[:, 0])  # (B, H'), already times W
+    cols = col_table.index_select(0, offsets[:, 1])  # (B, W')
+    out_h, out_w = height + 2 * ph, width + 2 * pw
+    index = (rows.unsqueeze(2) + cols.unsqueeze(1)).view(batch, out_h * out_w)
+    if channels_last:
+        channels = x.shape[3]
+        source = x.reshape(batch, height * width, channels)
+        rolled = torch.gather(source, 1, index.unsqueeze(2).expand(batch, out_h * out_w, channels))
+        return rolled.view(batch, out_h, out_w, channels)
+    channels = x.shape[1]
+    source = x.reshape(batch, channels, height * width)
+    rolled = torch.gather(source, 2, index.unsqueeze(1).expand(batch, channels, out_h * out_w))
+    return rolled.view(batch, channels, out_h, out_w)
+
+
 def _roll(
     x: torch.Tensor, offsets: torch.Tensor, channels_last: bool, sign: int, padding: tuple[int, int] = (0, 0)
 ) -> torch.Tensor:
     _check(x, offsets, channels_last)
-    if not torch.jit.is_scripting():  # noqa: SIM102 (TorchScript skips only this exact condition)
+    if not torch.jit.is_scripting():
         if fused.applies_to_roll(x, channels_last) and offsets.is_cpu:
             return fused.roll(x, offsets.contiguous(), channels_last, sign, padding)  # row copies (numba installed)
+        if (not takes_host_paths(x) or torch.compiler.is_compiling()) and not torch.jit.is_tracing():
+            return _roll_by_tables(x, offsets, channels_last, sign, padding)
     ph, pw = padding
     if channels_last:
         # Whole tokens move: one row copy per token (index_select), not one index per element.
@@ -92,6 +142,12 @@ def _roll(
     index = index.unsqueeze(1).expand(batch, channels, index.shape[1])
     rolled = torch.gather(x.reshape(batch, channels, height * width), 2, index)
     return rolled.view(batch, channels, height + 2 * ph, width + 2 * pw)
+
+
+def _reduced(x: torch.Tensor, offsets: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """``offsets`` modulo the grid ``(H, W)`` of ``x``: any integers become valid table rows."""
+    size = (x.shape[1], x.shape[2]) if channels_last else (x.shape[2], x.shape[3])
+    return torch.remainder(offsets, torch.tensor(size, device=offsets.device))
 
 
 def roll_to_anchor(
@@ -126,7 +182,8 @@ def roll_to_anchor(
         - offsets: :math:`(B, 2)`
         - output: same as ``x``, with :math:`H + 2 p_h` and :math:`W + 2 p_w` when padded
     """
-    return _roll(x, offsets, channels_last, sign=1, padding=padding)
+    _check(x, offsets, channels_last)
+    return _roll(x, _reduced(x, offsets, channels_last), channels_last, sign=1, padding=padding)
 
 
 def roll_from_anchor(y: torch.Tensor, offsets: torch.Tensor, *, channels_last: bool = False) -> torch.Tensor:
@@ -151,4 +208,5 @@ def roll_from_anchor(y: torch.Tensor, offsets: torch.Tensor, *, channels_last: b
         - offsets: :math:`(B, 2)`
         - output: same as ``y``
     """
-    return _roll(y, offsets, channels_last, sign=-1)
+    _check(y, offsets, channels_last)
+    return _roll(y, _reduced(y, offsets, channels_last), channels_last, sign=-1)

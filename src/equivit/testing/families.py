@@ -1,9 +1,11 @@
 """Image families that stress shift equivariance.
 
-Random, quantised, binary, constant, stripes, checkerboards and sparse dots. Structured families
-tie polyphase energies on purpose; they are where a careless anchor (plain ``argmax``,
-low-precision energies) loses exactness. Every family is built from a seed, so a failing case can
-be replayed.
+Random, quantised, binary, constant, stripes, checkerboards and sparse dots; and signed content
+whose polyphase components differ only in sign or in the order of their channels (+-1 stripes and
+checkerboards, an image beside its negative, tokens that are channel permutations of each
+other). Structured families tie polyphase energies on purpose; they are where a careless anchor
+(plain ``argmax``, low-precision energies, statistics that drop the sign or the channel order)
+loses exactness. Every family is built from a seed, so a failing case can be replayed.
 """
 
 from __future__ import annotations
@@ -20,6 +22,10 @@ FAMILIES: tuple[str, ...] = (
     "stripes",
     "checkerboard",
     "sparse_dots",
+    "signed_stripes",
+    "signed_checkerboard",
+    "mirrored",
+    "channel_permutations",
 )
 
 
@@ -59,6 +65,38 @@ def _pattern(family: str, height: int, width: int, generator: torch.Generator) -
     raise ValueError(f"unknown image family {family!r}; choose one of {FAMILIES}")
 
 
+def _signed(family: str, shape: tuple[int, int, int, int], generator: torch.Generator) -> torch.Tensor:
+    """A batch of a signed family: equal magnitudes everywhere, content in the signs or the channel order."""
+    batch, channels, height, width = shape
+    samples = []
+    for _ in range(batch):
+        level = float(_palette(generator, 1)[0]) + 1 / 255
+        if family in ("signed_stripes", "signed_checkerboard"):
+            base = "stripes" if family == "signed_stripes" else "checkerboard"
+            pattern = _pattern(base, height, width, generator)
+            signs = torch.where(pattern == pattern.max(), 1.0, -1.0).to(torch.float64)
+            gains = torch.randint(1, 4, (channels, 1, 1), generator=generator, dtype=torch.float64)
+            samples.append(level * signs[None] * gains)
+        elif family == "mirrored":
+            # A quantised image in the top half and its negative in the bottom half (left/right
+            # for a single row): every component has its sign-flipped twin.
+            axis = 1 if height > 1 else 2
+            size = (height, width)[axis - 1]
+            half = size // 2
+            image = torch.randint(0, 4, (channels, height, width), generator=generator, dtype=torch.float64) / 3
+            if half:
+                image.narrow(axis, half, half).copy_(-image.narrow(axis, 0, half))
+            samples.append(image * level)
+        else:  # channel_permutations: a pattern of two tokens, one the other with its channels reversed
+            token = torch.randint(1, 256, (channels,), generator=generator, dtype=torch.float64) / 255
+            other = token.flip(0) if channels > 1 else -token
+            base = ("checkerboard", "stripes", "sparse_dots")[_randint(generator, 0, 2)]
+            pattern = _pattern(base, height, width, generator)
+            mask = (pattern == pattern.max()).to(torch.float64)
+            samples.append(token[:, None, None] * mask + other[:, None, None] * (1 - mask))
+    return torch.stack(samples) if batch else torch.zeros(shape, dtype=torch.float64)
+
+
 def make_images(
     family: str,
     shape: tuple[int, int, int, int],
@@ -77,7 +115,8 @@ def make_images(
         channels_last: Return ``(B, H, W, C)`` instead.
 
     Returns:
-        Images with values in ``[0, 1]`` (``random`` is standard normal).
+        Images with values in ``[0, 1]`` (``random`` is standard normal; the signed families,
+        ``mirrored`` included, lie in ``[-3, 3]``).
 
     Raises:
         ValueError: If the family is unknown or the shape is not 4-D.
@@ -102,6 +141,8 @@ def make_images(
         )
     elif family == "constant":
         images = torch.full(shape, float(_palette(generator, 1)[0]), dtype=torch.float64)
+    elif family in ("signed_stripes", "signed_checkerboard", "mirrored", "channel_permutations"):
+        images = _signed(family, shape, generator)
     else:
         gains = torch.tensor([1.0, 0.5, 2.0], dtype=torch.float64)
         patterns = [_pattern(family, height, width, generator) for _ in range(batch)]

@@ -1,0 +1,199 @@
+"""Breaking energy ties from content: the best reading hash among each candidate's lifts.
+
+Anchoring picks the polyphase component of largest energy. On synthetic content (stripes,
+checkerboards, binary images, equal dots, a map beside its negative) several components can
+have exactly equal energies, and ``argmax`` would then take the first index, which a shift
+changes. The rule here decides those ties from content alone, in a fixed number of tensor
+operations, with no host read, so that an accelerator runs it on every anchor.
+
+The rule, for an ``H x W`` map and period ``(s_h, s_w)``:
+
+1. **Token keys.** Each value, read as the exact integer ``v * 2**149`` (every float32,
+   float16 and bfloat16 value is one), is reduced modulo a prime ``q`` and summed over the
+   channels with fixed pseudo-random integer weights, exactly in float64, modulo ``q``: equal
+   tokens get equal keys wherever they sit, different tokens (another sign, the channels
+   permuted) different keys except by a collision of probability about ``1/q``.
+2. **Reading hash.** For every position ``l`` of the grid, ``g(l)`` hashes the whole key map
+   read from ``l``: ``sum_p key[p] a[(p_h - l_h) mod H] b[(p_w - l_w) mod W]`` modulo ``q``, for
+   two independent pseudo-random weight pairs ``(a, b)`` (two circulant matrix products each,
+   exact in float64). A circular shift of the map moves ``g`` with it: ``g`` depends only on
+   the content read from ``l``.
+3. **Candidates.** Candidate phase ``(i, j)`` scores the largest ``g`` over its lifts
+   ``(i + k s_h, j + m s_w)``; among the phases of largest energy the highest score wins.
+
+Why what remains is harmless: two candidates tie only if their best lifts ``l`` and ``l'`` have
+equal hashes, that is (up to a hash collision, probability about ``2 N / q^2`` for ``N`` lifts)
+if the map read from ``l`` is the map read from ``l'``. The input is then invariant to the roll
+by ``l' - l``, so rolling it to either candidate gives the same tensor up to whole periods: the
+strided operator that follows produces the same output, shifted. Ties that survive are exactly
+the periodic maps (:func:`equivit.unresolved_ties` reports them).
+
+Cost: about a dozen operations on the key map (one channel), whatever the content; two
+products of the key map with ``H x H`` and ``W x W`` matrices (``2 H W (H + W)`` multiply-adds
+per sample and stream).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+
+from equivit.tables import cached_table
+
+__all__ = ["reading_hash_scores", "tie_break_modulus"]
+
+def tie_break_modulus(size: int) -> int:
+    """The prime ``q`` for grids whose larger side is ``size``: ``2 size q^2 <= 2**52``.
+
+    Every sum of products of two residues over one axis then stays below ``2**53``, where
+    float64 integers are exact, and so does the pair of the two streams packed into one number.
+
+    Raises:
+        ValueError: If ``size`` exceeds ``2**24`` (the modulus would fall below ``2**14``).
+    """
+    # The largest prime below 2**k, for k = 14 .. 26 (checked in the tests; a local for TorchScript).
+    primes = [16381, 32749, 65521, 131071, 262139, 524287, 1048573, 2097143, 4194301, 8388593, 16777213,
+              33554393, 67108859]  # fmt: skip
+    bits = 0
+    while (1 << bits) < size:
+        bits += 1
+    power = min((51 - bits) // 2, 26)  # 2 * 2**bits * 2**(2 * power) <= 2**52
+    if power < 14:
+        raise ValueError(f"the tie-break supports grids of up to 2**24 positions per side, got {size}")
+    return primes[power - 14]
+
+
+def _mix(values: torch.Tensor, seed: int) -> torch.Tensor:
+    """A 62-bit pseudo-random integer per int64 value (splitmix64's finaliser, wrapping products).
+
+    Shape:
+        - values: any, int64
+        - output: same, int64 in ``[0, 2^62)``
+    """
+    z = values * -7046029254386353131 + seed  # 0x9E3779B97F4A7C15
+    z = torch.bitwise_xor(z, torch.bitwise_and(z >> 30, 17179869183)) * -4658895280553007687  # 0xBF58476D1CE4E5B9
+    z = torch.bitwise_xor(z, torch.bitwise_and(z >> 27, 137438953471)) * -7723592293110705685  # 0x94D049BB133111EB
+    z = torch.bitwise_xor(z, torch.bitwise_and(z >> 31, 8589934591))
+    return torch.bitwise_and(z, 4611686018427387903)
+
+
+def _channel_weights(channels: int, modulus: int, device: torch.device) -> torch.Tensor:
+    """Weights in ``[1, M]`` with ``channels * M * q < 2**53`` (exact key sums), times ``2**149``.
+
+    The factor ``2**149`` turns the residues of :func:`_token_keys` (multiples of ``2**-149``)
+    back into integers inside the same product.
+
+    Shape:
+        - output: :math:`(C,)`, float64
+    """
+    largest = max(1, 9007199254740991 // (channels * modulus))  # 2**53 - 1
+    index = torch.arange(channels, device=device, dtype=torch.int64)
+    weights = (torch.remainder(_mix(index, 1), largest) + 1).to(torch.float64)
+    return weights * 2.0**149
+
+
+def _circulants(size: int, modulus: int, first: bool, device: torch.device) -> torch.Tensor:
+    """Two circulant matrices of pseudo-random residues, one per stream, side by side.
+
+    With ``first`` the row side, applied on the left and stacked: ``M[s n + l, p] =
+    a_s[(p - l) mod n]``; else the column side, applied on the right and side by side:
+    ``M[p, s n + l] = b_s[(p - l) mod n]``.
+
+    Shape:
+        - output: :math:`(2n, n)` with ``first``, else :math:`(n, 2n)`; float64
+    """
+    index = torch.arange(size, device=device, dtype=torch.int64)
+    seed = 2 if first else 4
+    streams = [torch.remainder(_mix(index + (seed + s) * 1000003, 7), modulus) for s in range(2)]
+    difference = index[None, :] - index[:, None]  # j - i
+    lags = torch.remainder(difference if first else -difference, size)
+    if first:
+        return torch.cat([stream[lags] for stream in streams], dim=0).to(torch.float64)  # (2n, n)
+    return torch.cat([stream[lags] for stream in streams], dim=1).to(torch.float64)  # (n, 2n)
+
+
+def _weights_table(channels: int, modulus: int, device: torch.device) -> torch.Tensor:
+    """:func:`_channel_weights`, cached per device in eager mode."""
+    if not torch.jit.is_scripting():
+        build = partial(_channel_weights, channels, modulus, device)
+        return cached_table(("tie-weights", channels, modulus), device, build)
+    return _channel_weights(channels, modulus, device)
+
+
+def _circulant_table(size: int, modulus: int, first: bool, device: torch.device) -> torch.Tensor:
+    """:func:`_circulants`, cached per device in eager mode."""
+    if not torch.jit.is_scripting():
+        build = partial(_circulants, size, modulus, first, device)
+        return cached_table(("tie-circulants", size, modulus, first), device, build)
+    return _circulants(size, modulus, first, device)
+
+
+def _token_keys(x: torch.Tensor, modulus: int, channels_last: bool) -> torch.Tensor:
+    """Each token's key: its values, as exact integers modulo ``q``, summed over the channels with fixed weights.
+
+    A float32 (or float16, bfloat16) value ``v`` is an integer multiple of ``2**-149``, so
+    ``v * 2**149`` is an exact integer in float64 and its residue modulo ``q`` is exact too
+    (``fmod`` never rounds); it is computed as ``fmod(v, q * 2**-149)``, with the factor folded
+    into the weights. The weighted sum over the channels stays below ``2**53``: exact and
+    order-free. So equal tokens get equal keys wherever they sit, a token and its negative (or
+    its channels permuted) different keys except by a collision of probability about ``1/q``,
+    ``-0.0`` the key of ``0.0``, and every token holding an inf or a NaN the key 0. No bit
+    casts: exported graphs (ONNX) compute the same keys.
+    float64 maps are keyed by their float32 rounding.
+
+    Shape:
+        - x: :math:`(B, C, H, W)`, or :math:`(B, H, W, C)` with ``channels_last=True``
+        - output: :math:`(B, H, W)`, float64 integers in :math:`(-q, q)`
+    """
+    x = x.detach()
+    if x.dtype == torch.float64:
+        x = x.float()
+    channels = x.shape[3] if channels_last else x.shape[1]
+    weights = _weights_table(channels, modulus, x.device)
+    residues = torch.fmod(x.to(torch.float64), modulus * 2.0**-149)
+    if channels_last:
+        keys = torch.matmul(residues, weights)
+    else:
+        batch, height, width = x.shape[0], x.shape[2], x.shape[3]
+        keys = torch.matmul(weights, residues.reshape(batch, channels, height * width)).view(batch, height, width)
+    # A token holding inf or NaN (whose residues are NaN) gets key 0: the same key for the same content.
+    return torch.nan_to_num(torch.fmod(keys, modulus), nan=0.0)
+
+
+def reading_hash_scores(x: torch.Tensor, sh: int, sw: int, channels_last: bool) -> torch.Tensor:
+    """Tie-break score of every candidate phase: the largest reading hash over its lifts.
+
+    Depends on content only: shifting ``x`` by ``(a, b)`` rolls the scores by ``(a, b)`` modulo the
+    period. Two candidates score alike only if the maps read from their best lifts are equal
+    (see the module notes), which makes the tie harmless.
+
+    Args:
+        x: Feature maps; ``H`` and ``W`` multiples of ``(sh, sw)``.
+        sh: Period along the rows.
+        sw: Period along the columns.
+        channels_last: Whether ``x`` is laid out ``(B, H, W, C)``.
+
+    Returns:
+        Scores, float64 integers below ``2**53``.
+
+    Shape:
+        - x: :math:`(B, C, H, W)`, or :math:`(B, H, W, C)` with ``channels_last=True``
+        - output: :math:`(B, s_h, s_w)`
+    """
+    batch = x.shape[0]
+    height, width = (x.shape[1], x.shape[2]) if channels_last else (x.shape[2], x.shape[3])
+    modulus = tie_break_modulus(max(height, width))
+    keys = _token_keys(x, modulus, channels_last)  # (B, H, W)
+    columns = _circulant_table(width, modulus, False, x.device)  # (W, 2W): both streams side by side
+    rows = _circulant_table(height, modulus, True, x.device)  # (2H, H): both streams stacked
+    # Columns from the right, one product for both streams: (B, H, W) @ (W, 2W) -> (B, H, 2W). Then
+    # both streams' rows from the left on both streams' columns, (B, 2H, 2W), of which only the
+    # diagonal blocks (stream 0 with 0, 1 with 1) are used: one strided view holds both.
+    mixed = torch.fmod(torch.matmul(keys, columns), modulus)
+    both = torch.matmul(rows, mixed).contiguous()
+    area = height * width
+    blocks = both.as_strided((batch, 2, height, width), (4 * area, 2 * area + width, 2 * width, 1))
+    hashes = torch.fmod(blocks, modulus)  # (B, 2, H, W), each in (-q, q)
+    packed = torch.add(hashes.select(1, 1), hashes.select(1, 0), alpha=2 * modulus)  # one exact number each
+    return packed.view(batch, height // sh, sh, width // sw, sw).amax(dim=(1, 3))
