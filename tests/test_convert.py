@@ -6,10 +6,12 @@ import pytest
 import timm
 import torch
 from timm.models.pvt_v2 import Attention
+from timm.models.twins import GlobalSubSampleAttn, LocallyGroupedAttn
 from torch import nn
 
 import equivit
-from equivit.layers import AnchoredGlobalSubSampleAttn, AnchoredLocallyGroupedAttn, AnchoredPatchEmbed, AnchoredPvtStage
+from equivit.convert_twins import AnchoredTwins
+from equivit.layers import AnchoredConv2d, AnchoredPatchEmbed, AnchoredPvtStage
 from equivit.testing import perturb_weights_
 
 TINY_VIT = dict(patch_size=8, embed_dim=32, depth=2, num_heads=2, img_size=32)
@@ -92,12 +94,13 @@ def test_input_size_errors_name_the_multiple() -> None:
     vit = equivit.convert(_vit())
     with pytest.raises(ValueError, match="36 x 32 is not a multiple of 8 x 8"):
         vit(torch.randn(1, 3, 36, 32))
+    # Twins: the patch strides (4 to 32); windows and sub-sampling act on the anchored grid.
     twins = equivit.create_model("twins_svt_small", **TINY_TWINS)
-    assert twins.equivit_report.input_multiple == (224, 224)
-    with pytest.raises(ValueError, match="256 x 224 is not a multiple of 224 x 224"):
-        twins(torch.randn(1, 3, 256, 224))
+    assert twins.equivit_report.input_multiple == (32, 32)
+    with pytest.raises(ValueError, match="240 x 224 is not a multiple of 32 x 32"):
+        twins(torch.randn(1, 3, 240, 224))
     pcpvt = equivit.create_model("twins_pcpvt_small", **TINY_TWINS)
-    assert pcpvt.equivit_report.input_multiple == (32, 32)  # strides 4 to 32; sr 2 at strides 4 and 8
+    assert pcpvt.equivit_report.input_multiple == (32, 32)
 
 
 def test_bad_arguments() -> None:
@@ -148,12 +151,32 @@ def test_stock_state_dict_loads_strictly_into_converted_twins() -> None:
             assert torch.equal(fresh(x), equivit.convert(trained)(x)), name
 
 
-def test_twins_conversion_replaces_every_strided_and_windowed_operator() -> None:
+def test_twins_conversion_anchors_every_stage_and_keeps_timm_attention() -> None:
     svt = equivit.create_model("twins_svt_small", **TINY_TWINS)
-    kinds = [type(block.attn) for stage in svt.blocks for block in stage]
-    assert AnchoredLocallyGroupedAttn in kinds
-    assert AnchoredGlobalSubSampleAttn in kinds
+    assert isinstance(svt, AnchoredTwins)
+    kinds = {type(block.attn) for stage in svt.blocks for block in stage}
+    assert kinds == {LocallyGroupedAttn, GlobalSubSampleAttn}  # timm's own, run on the anchored grid
+    assert all(isinstance(embed.proj, AnchoredConv2d) for embed in svt.patch_embeds)
     assert all(conv.padding_mode == "circular" for pos in svt.pos_block for conv in pos.proj)
+    assert list(svt.state_dict()) == list(timm.create_model("twins_svt_small", **TINY_TWINS).state_dict())
+
+
+@pytest.mark.parametrize("size", [(64, 96), (96, 64)])
+def test_twins_windows_need_no_multiple(size: tuple[int, int]) -> None:
+    """7 x 7 windows on 16 x 24 and 24 x 16 grids: timm pads them, at the same place in the anchored frame."""
+    torch.manual_seed(0)
+    kwargs = {**TINY_TWINS, "wss": (7, 7, 7, 7), "img_size": size}
+    stock = perturb_weights_(timm.create_model("twins_svt_small", num_classes=10, **kwargs)).eval()
+    converted = equivit.convert(stock).eval()
+    images = torch.randn(4, 3, *size, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        reference = converted(images)
+        for shift in [(3, 5), (-13, 7), (32, 0)]:
+            shifted = converted(torch.roll(images, shift, dims=(2, 3)))
+            assert torch.equal(shifted.argmax(1), reference.argmax(1))
+            torch.testing.assert_close(shifted, reference, rtol=0, atol=2e-5 * float(reference.abs().max()))
+        moved = stock(torch.roll(images, (3, 5), dims=(2, 3)))
+    assert not torch.allclose(moved, stock(images), atol=1e-4)  # the stock model is not invariant
 
 
 def test_pvt_conversion_anchors_every_stage_and_keeps_timm_attention() -> None:

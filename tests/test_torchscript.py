@@ -11,6 +11,8 @@ import torch
 from torch import nn
 
 import equivit
+from equivit.device_paths import accelerator_paths
+from equivit.fused import use_fused_kernels
 from equivit.layers import AnchoredConv2d, AnchoredMaxPool2d, circular_conv2d
 from equivit.polyphase import _anchor_offsets, anchor_offsets, polyphase_energy
 from equivit.testing import load_photos
@@ -118,17 +120,21 @@ def test_scripted_model_rejects_bad_input_with_the_eager_message(family: str) ->
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("stride", [(2, 2), (4, 4), (3, 2)])
 def test_scripted_anchor_matches_eager_on_ties(stride: tuple[int, int], channels_last: bool) -> None:
-    # Binary, constant, striped and dotted images tie the coarse energies: every tie-break tier runs.
-    # At 72 x 96 the fine grid (at most 32 pixels) is coarser than the image, so the pixel tier runs too.
+    # Binary, constant, striped, dotted and signed images tie the energies: the content tie-break runs.
+    # TorchScript runs the plain tensor ops; the eager reference does too. (The fused CPU kernels
+    # sum a token's channels in another float32 order: channel_permutations tie to the last bit
+    # only in exact arithmetic, so there the two may differ, as documented in equivit.fused.)
     scripted = _script(_anchor_offsets)
     tied = 0
     for index, family in enumerate(IMAGE_FAMILIES):
         x = make_images(family, (4, 3, 72, 96), seed=index, channels_last=channels_last)
         coarse = polyphase_energy(x, stride, channels_last=channels_last).flatten(1)
         tied += int(((coarse == coarse.amax(dim=1, keepdim=True)).sum(dim=1) > 1).sum())
-        expected = anchor_offsets(x, stride, channels_last=channels_last)
+        with use_fused_kernels(False), accelerator_paths(False):
+            expected = anchor_offsets(x, stride, channels_last=channels_last)
+            expected_l2 = anchor_offsets(x, stride, energy="l2", channels_last=channels_last)
         assert torch.equal(scripted(x, stride[0], stride[1], "l1", channels_last), expected), family
-        expected = anchor_offsets(x, stride, energy="l2", channels_last=channels_last)
+        expected = expected_l2
         assert torch.equal(scripted(x, stride[0], stride[1], "l2", channels_last), expected), family
     assert tied > 0
 

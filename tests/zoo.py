@@ -102,7 +102,9 @@ NODE_CONFIGS: list[tuple[str, tuple[int, int], dict[str, object], dict[str, Layo
         "twins_svt_small",
         (64, 96),
         {"depths": (1, 1, 2, 1), "wss": (4, 4, 2, 1)},
-        {"blocks.0.0": ("nlc", 0, 4), "blocks.1.0": ("nlc", 0, 8), "blocks.3.0": ("nlc", 0, 32)},
+        # Blocks run on the stage's anchored grid (their maps move by some roll); the final norm
+        # sees the last stage rolled back (it moves with the image).
+        {"blocks.0.0": ("nlc", 0, -4), "blocks.1.0": ("nlc", 0, -8), "norm": ("nlc", 0, 32)},
     ),
     (
         "swin_tiny_patch4_window7_224",

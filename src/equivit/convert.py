@@ -15,7 +15,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from equivit.audit import equivariance_violations
-from equivit.convert_twins import convert_twins
+from equivit.convert_twins import AnchoredTwins, convert_twins
 from equivit.convert_vit import (
     EquivariantVisionTransformer,
     EquivariantVisionTransformerDistilled,
@@ -63,6 +63,7 @@ def _converters() -> dict[type, tuple[str, Converter]]:
         EquivariantVisionTransformer: ("vit", convert_vision_transformer),  # type: ignore[dict-item]
         EquivariantVisionTransformerDistilled: ("vit", convert_vision_transformer),  # type: ignore[dict-item]
         Twins: ("twins", convert_twins),  # type: ignore[dict-item]
+        AnchoredTwins: ("twins", convert_twins),  # type: ignore[dict-item]
         SwinTransformer: ("swin", convert_swin),  # type: ignore[dict-item]
         SwinTransformerV2: ("swin", convert_swin),  # type: ignore[dict-item]
         PyramidVisionTransformerV2: ("pvt_v2", convert_pvt_v2),  # type: ignore[dict-item]

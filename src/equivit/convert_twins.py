@@ -1,25 +1,181 @@
-"""Conversion of timm ``Twins`` (PCPVT and SVT)."""
+"""Conversion of timm ``Twins`` (PCPVT and SVT): one anchor per stage, its blocks run in the anchored frame."""
 
 from __future__ import annotations
 
-from timm.models.twins import GlobalSubSampleAttn, LocallyGroupedAttn, Twins
+from typing import ClassVar
 
-from equivit.layers import AnchoredConv2d, AnchoredGlobalSubSampleAttn, AnchoredLocallyGroupedAttn, make_conv_circular
-from equivit.polyphase import Energy
+import torch
+from timm.models._features import feature_take_indices
+from timm.models.twins import Twins
+
+from equivit.layers import AnchoredConv2d, make_conv_circular
+from equivit.polyphase import Energy, _polyphase_anchor, polyphase_anchor
 from equivit.report import ConversionReport, lcm_pair
+from equivit.roll import _roll, roll_from_anchor
 
-__all__ = ["convert_twins"]
+__all__ = ["AnchoredTwins", "convert_twins"]
+
+
+class AnchoredTwins(Twins):
+    r"""timm's Twins whose stages see their token grid from an origin chosen by content.
+
+    Each stage embeds its input with an anchored patch projection (:class:`AnchoredConv2d`,
+    period = its stride), then rolls the token grid to its polyphase anchor with period = the
+    whole grid (:func:`~equivit.polyphase_anchor`), as :class:`~equivit.layers.AnchoredPvtStage`
+    does. A circular shift of the stage input then reaches the blocks as the same grid, bit for
+    bit, so the blocks need no anchoring of their own: the locally-grouped (window) attention
+    groups the same tokens, the global sub-sampled attention reduces the same phase, and a grid
+    that is not a multiple of the window is padded at the same place. The stage output is rolled
+    back to the input's frame. The position convolutions (``PosConv``) pad circularly.
+
+    One anchor and one roll back per stage replace an anchor in every attention (4 instead of 33
+    in ``twins_pcpvt_small``). Same parameters and state-dict keys as timm's model. Build it with
+    :func:`convert_twins` (through :func:`equivit.convert`).
+
+    Shape:
+        - x: :math:`(B, C, H, W)`, ``H`` and ``W`` multiples of the product of the patch strides
+        - output: as timm's ``Twins``
+    """
+
+    equivit_anchored_children: ClassVar[tuple[str, ...]] = ("blocks",)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        r"""The model's ``forward`` as in timm: :meth:`forward_features`, then the head.
+
+        Defined here so that FX, tracing the model from this module, records the anchoring
+        functions as single calls (timm's FX registry wraps them in the traced function's module).
+
+        Shape:
+            - x: :math:`(B, C, H, W)`
+            - output: :math:`(B, \text{classes})`
+        """
+        return self.forward_head(self.forward_features(x))
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Every stage: anchored embedding, anchor the grid, blocks, roll back; then the final norm.
+
+        Args:
+            x: Images.
+
+        Returns:
+            The last stage's tokens after the norm, in the input's frame.
+
+        Shape:
+            - x: :math:`(B, C, H, W)`
+            - output: :math:`(B, N, C')`
+        """
+        batch = x.shape[0]
+        last = len(self.blocks) - 1
+        for i, (embed, drop, blocks, pos_blk) in enumerate(
+            zip(self.patch_embeds, self.pos_drops, self.blocks, self.pos_block)  # noqa: B905 (TorchScript)
+        ):
+            x, size = embed(x)
+            x = drop(x)
+            channels = x.shape[-1]
+            grid, offsets = self._anchor(x.reshape(batch, size[0], size[1], channels))
+            x = grid.reshape(batch, size[0] * size[1], channels)
+            for j, blk in enumerate(blocks):
+                x = blk(x, size)
+                if j == 0:
+                    x = pos_blk(x, size)  # position encoding after the first block, as in timm
+            grid = self._roll_back(x.reshape(batch, size[0], size[1], channels), offsets)
+            # Maps between stages (NCHW, as timm), tokens after the last one.
+            x = grid.permute(0, 3, 1, 2).contiguous() if i < last else grid.reshape(batch, -1, channels)
+        return self.norm(x)
+
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: int | list[int] | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """The ``forward_intermediates`` of timm, with the anchored stages of :meth:`forward_features`.
+
+        Args:
+            x: Images.
+            indices: Take the last ``n`` stages if an int, all if None, else the listed ones.
+            norm: Apply the final norm to the last stage's map (timm: only that one can be normed).
+            stop_early: Stop after the last stage asked for.
+            output_fmt: ``"NCHW"`` only.
+            intermediates_only: Return only the maps.
+
+        Returns:
+            The maps (each in the input's frame), or the final tokens and the maps.
+        """
+        if output_fmt != "NCHW":
+            raise ValueError("output_fmt must be 'NCHW' for Twins, got '" + output_fmt + "'")
+        intermediates: list[torch.Tensor] = []
+        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
+        batch = x.shape[0]
+        last = len(self.blocks) - 1
+        stop = max_index if stop_early else last
+        for i, (embed, drop, blocks, pos_blk) in enumerate(
+            zip(self.patch_embeds, self.pos_drops, self.blocks, self.pos_block)  # noqa: B905 (TorchScript)
+        ):
+            if i <= stop:
+                x, size = embed(x)
+                x = drop(x)
+                channels = x.shape[-1]
+                grid, offsets = self._anchor(x.reshape(batch, size[0], size[1], channels))
+                x = grid.reshape(batch, size[0] * size[1], channels)
+                for j, blk in enumerate(blocks):
+                    x = blk(x, size)
+                    if j == 0:
+                        x = pos_blk(x, size)
+                grid = self._roll_back(x.reshape(batch, size[0], size[1], channels), offsets)
+                if i < last:
+                    x = grid.permute(0, 3, 1, 2).contiguous()
+                    if i in take_indices:
+                        intermediates.append(x)
+                else:
+                    x = grid.reshape(batch, size[0] * size[1], channels)
+                    if i in take_indices:
+                        feature = self.norm(grid) if norm else grid
+                        intermediates.append(feature.permute(0, 3, 1, 2).contiguous())
+                        if intermediates_only:
+                            return intermediates
+                    x = self.norm(x)  # the final norm is sized for (and applied to) the last stage only
+        if intermediates_only:
+            return intermediates
+        return x, intermediates
+
+    def _anchor(self, grid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The token grid rolled to its anchor with period = the whole grid, and the offsets.
+
+        Shape:
+            - grid: :math:`(B, H, W, C)`
+            - output: :math:`(B, H, W, C)` and :math:`(B, 2)`
+        """
+        if not torch.jit.is_scripting():
+            # The public function, which FX records as one call when it traces the model.
+            return polyphase_anchor(grid, (grid.shape[1], grid.shape[2]), energy=self.energy, channels_last=True)  # type: ignore[arg-type]
+        return _polyphase_anchor(grid, grid.shape[1], grid.shape[2], self.energy, True)
+
+    def _roll_back(self, grid: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+        """The token grid rolled back to the stage input's frame.
+
+        Shape:
+            - grid: :math:`(B, H, W, C)`
+            - offsets: :math:`(B, 2)`
+            - output: :math:`(B, H, W, C)`
+        """
+        if not torch.jit.is_scripting():
+            return roll_from_anchor(grid, offsets, channels_last=True)
+        return _roll(grid, offsets, True, -1, (0, 0))
 
 
 def convert_twins(model: Twins, report: ConversionReport, energy: Energy) -> None:
     """Make a timm Twins model shift-equivariant, in place. No parameter is added or renamed.
 
-    Every stage's patch projection is anchored (periods 4, 2, 2, 2), every locally-grouped
-    attention is anchored with its window, every global sub-sampled attention has its key/value
-    reduction anchored with ``sr_ratio`` and its keys put in an order chosen from content (also
-    with ``sr_ratio`` 1), and the ``PosConv`` convolutions pad circularly. The
-    input must be a multiple of every stride and window on the path; ``report.input_multiple``
-    says which (224 for SVT, 32 for PCPVT).
+    The model becomes an :class:`AnchoredTwins` (the same object, its class changed): every
+    stage's patch projection is anchored (periods 4, 2, 2, 2), every stage anchors its token grid
+    once with period = the grid and runs its blocks in that frame, and the ``PosConv``
+    convolutions pad circularly. The input must be a multiple of the product of the patch strides
+    (``report.input_multiple``: 32 for both PCPVT and SVT); the windows and sub-sampling ratios
+    need no multiple, as they act on the anchored grid.
 
     Args:
         model: The model, changed in place.
@@ -30,29 +186,16 @@ def convert_twins(model: Twins, report: ConversionReport, energy: Energy) -> Non
     stride = (1, 1)
     for stage, patch_embed in enumerate(model.patch_embeds):
         proj = patch_embed.proj
-        stride = (stride[0] * proj.stride[0], stride[1] * proj.stride[1])
-        multiple = lcm_pair(multiple, stride)
-        patch_embed.proj = AnchoredConv2d.from_conv(proj, energy=energy)
-        report.add(f"patch_embeds.{stage}.proj", "Conv2d", f"AnchoredConv2d (period {proj.stride[0]})")
-        for index, block in enumerate(model.blocks[stage]):
-            name = f"blocks.{stage}.{index}.attn"
-            attn = block.attn
-            if isinstance(attn, LocallyGroupedAttn) and not isinstance(attn, AnchoredLocallyGroupedAttn):
-                block.attn = AnchoredLocallyGroupedAttn.from_timm(attn, energy=energy)
-                multiple = lcm_pair(multiple, (stride[0] * attn.ws, stride[1] * attn.ws))
-                report.add(name, "LocallyGroupedAttn", f"AnchoredLocallyGroupedAttn (period {attn.ws})")
-            elif isinstance(attn, GlobalSubSampleAttn) and not isinstance(attn, AnchoredGlobalSubSampleAttn):
-                block.attn = AnchoredGlobalSubSampleAttn.from_timm(attn, energy=energy)
-                if attn.sr is None:
-                    report.add(
-                        name,
-                        "GlobalSubSampleAttn (all tokens as keys)",
-                        "AnchoredGlobalSubSampleAttn (keys in content order)",
-                    )
-                else:
-                    multiple = lcm_pair(multiple, (stride[0] * attn.sr_ratio, stride[1] * attn.sr_ratio))
-                    report.add(name, "GlobalSubSampleAttn", f"AnchoredGlobalSubSampleAttn (period {attn.sr_ratio})")
+        if not isinstance(proj, AnchoredConv2d):
+            stride = (stride[0] * proj.stride[0], stride[1] * proj.stride[1])
+            multiple = lcm_pair(multiple, stride)
+            patch_embed.proj = AnchoredConv2d.from_conv(proj, energy=energy)
+            report.add(f"patch_embeds.{stage}.proj", "Conv2d", f"AnchoredConv2d (period {proj.stride[0]})")
+        report.add(f"blocks.{stage}", "stage blocks", "run on the token grid anchored with period = the grid")
         for index, conv in enumerate(model.pos_block[stage].proj):
-            make_conv_circular(conv)
-            report.add(f"pos_block.{stage}.proj.{index}", "Conv2d, zero padding", "Conv2d, circular padding")
+            if isinstance(conv, torch.nn.Conv2d) and conv.padding_mode != "circular":
+                make_conv_circular(conv)
+                report.add(f"pos_block.{stage}.proj.{index}", "Conv2d, zero padding", "Conv2d, circular padding")
+    model.__class__ = AnchoredTwins
+    model.energy = energy
     report.input_multiple = multiple

@@ -134,12 +134,6 @@ def _tracing() -> bool:
     return torch.compiler.is_compiling()
 
 
-def _reduce(view: torch.Tensor, dims: list[int], l1: bool, acc: torch.dtype) -> torch.Tensor:
-    if l1:
-        return torch.linalg.vector_norm(view, ord=1, dim=dims, dtype=acc)
-    return torch.sum(torch.square(view.to(acc)), dim=dims)
-
-
 def _position_norms(x: torch.Tensor, l1: bool, channels_last: bool) -> torch.Tensor:
     """Per-position L1 norm (or squared L2 norm) over the channels, float32 (float64 for float64 input).
 
@@ -227,15 +221,36 @@ def _energy(x: torch.Tensor, ph: int, pw: int, l1: bool, channels_last: bool) ->
     # the single float64 reduction instead.
     if _fast_cpu_path(x):
         return torch.nan_to_num(_energy_by_positions(x, ph, pw, l1, channels_last), nan=float("inf"))
-    height, width = _spatial_size(x, channels_last)
-    if channels_last:
-        view = x.reshape(x.shape[0], height // ph, ph, width // pw, pw, x.shape[3])
-        dims = [1, 3, 5]
-    else:
-        view = x.reshape(x.shape[0], x.shape[1], height // ph, ph, width // pw, pw)
-        dims = [1, 2, 4]
-    acc = _accumulate_dtype(x)
-    return torch.nan_to_num(_reduce(view, dims, l1, acc), nan=float("inf"))
+    # Accelerators, compiled graphs, tracing: per-position norms by one reduction over the channels
+    # (the same order for every position), then float64 sums over the cells. Summing all values
+    # in float64 at once is one launch fewer but not exact when their magnitudes spread beyond
+    # float64's headroom (layer-normed values near 0), and then its order, which a shift changes,
+    # shows in the last bits.
+    norms = _device_position_norms(x, l1, channels_last)
+    batch, height, width = norms.shape
+    view = norms.reshape(batch, height // ph, ph, width // pw, pw)
+    return torch.nan_to_num(torch.sum(view, dim=[1, 3], dtype=_accumulate_dtype(x)), nan=float("inf"))
+
+
+def _device_position_norms(x: torch.Tensor, l1: bool, channels_last: bool) -> torch.Tensor:
+    """:func:`_position_norms` in one or two launches where the channel reduction has one order everywhere.
+
+    A reduction over contiguous channels (tokens) sums every position alike on any device, and
+    so does a strided one on an accelerator; a strided one on the CPU does not (see
+    :func:`_position_norms`): CPU tensors on the accelerator paths copy the map to tokens first
+    (one launch more than a GPU pays).
+
+    Shape:
+        - x: :math:`(B, C, H, W)`, or :math:`(B, H, W, C)` with ``channels_last=True``
+        - output: :math:`(B, H, W)`
+    """
+    dim = 3 if channels_last else 1
+    if x.is_cpu and x.stride(dim) != 1:
+        x, dim = x.movedim(dim, -1).contiguous(), 3
+    norm_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    if l1:
+        return torch.linalg.vector_norm(x, ord=1, dim=dim, dtype=norm_dtype)
+    return torch.sum(torch.square(x.to(norm_dtype)), dim=dim)
 
 
 def polyphase_energy(

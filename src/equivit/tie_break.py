@@ -43,6 +43,7 @@ from equivit.tables import cached_table
 
 __all__ = ["reading_hash_scores", "tie_break_modulus"]
 
+
 def tie_break_modulus(size: int) -> int:
     """The prime ``q`` for grids whose larger side is ``size``: ``2 size q^2 <= 2**52``.
 

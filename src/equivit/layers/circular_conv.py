@@ -6,7 +6,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from equivit.device_paths import takes_host_paths
 from equivit.layers.sharing import parent_method
+from equivit.tables import cached_table
 
 __all__ = ["CircularConv2d", "circular_conv2d", "make_circular"]
 
@@ -37,6 +39,44 @@ def _pad_circular(x: torch.Tensor, ph: int, pw: int, channels_last: bool) -> tor
     padded[..., :, :pw] = padded[..., :, width : width + pw]
     padded[..., :, pw + width :] = padded[..., :, pw : 2 * pw]
     return padded
+
+
+def _padded_positions(height: int, width: int, ph: int, pw: int, device: torch.device) -> torch.Tensor:
+    """Flat source position of every position of the circularly padded grid.
+
+    Shape:
+        - output: :math:`((H + 2 p_h)(W + 2 p_w),)`, int64
+    """
+    rows = torch.remainder(torch.arange(-ph, height + ph, device=device), height)
+    cols = torch.remainder(torch.arange(-pw, width + pw, device=device), width)
+    return (rows[:, None] * width + cols[None, :]).flatten()
+
+
+def _pad_by_table(x: torch.Tensor, ph: int, pw: int, channels_last: bool) -> torch.Tensor:
+    """``x`` padded circularly by one ``index_select`` with a cached table (one kernel on an accelerator).
+
+    A channels-last map moves whole tokens and stays channels-last.
+
+    Shape:
+        - x: :math:`(B, C, H, W)`
+        - output: :math:`(B, C, H + 2 p_h, W + 2 p_w)`
+    """
+    batch, channels, height, width = x.shape
+    table = cached_table(
+        ("circular_pad", height, width, ph, pw), x.device, lambda: _padded_positions(height, width, ph, pw, x.device)
+    )
+    size = (height + 2 * ph, width + 2 * pw)
+    if channels_last:
+        tokens = x.permute(0, 2, 3, 1).reshape(batch, height * width, channels)
+        return tokens.index_select(1, table).view(batch, size[0], size[1], channels).permute(0, 3, 1, 2)
+    return x.reshape(batch, channels, height * width).index_select(2, table).view(batch, channels, size[0], size[1])
+
+
+def _pads_by_table(x: torch.Tensor) -> bool:
+    """Whether the accelerator paths apply: one table lookup instead of copies (eager, not traced)."""
+    if x.dim() == 4 and not takes_host_paths(x):
+        return not torch.compiler.is_compiling() and not torch.jit.is_tracing()
+    return False
 
 
 def _strip_conv(
@@ -109,6 +149,11 @@ def circular_conv2d(
         return F.conv2d(x, weight, bias, stride, 0, dilation, groups)
     height, width = x.shape[-2], x.shape[-1]
     channels_last = x.is_contiguous(memory_format=torch.channels_last)  # the padded copies keep the layout
+    if not torch.jit.is_scripting():  # noqa: SIM102 (TorchScript skips only this exact condition)
+        if _pads_by_table(x):
+            # Accelerators: a padded copy by one table lookup and one convolution (two launches)
+            # cost less than the border strips' small launches; the copy is cheap in device memory.
+            return F.conv2d(_pad_by_table(x, ph, pw, channels_last), weight, bias, stride, 0, dilation, groups)
     depthwise = groups > 1 and groups == x.shape[1]
     if not depthwise or height < 32 * ph or width < 32 * pw:
         # A dense convolution costs far more than copying its input once, and recomputing its
