@@ -47,6 +47,16 @@ def test_modulus_is_a_prime_within_float64_exactness(size: int) -> None:
     assert q > 2**13
 
 
+@pytest.mark.parametrize("start", [0, 2 * 1000003, 5 * 1000003])
+def test_table_streams_in_python_integers_match_the_tensor_ones(start: int) -> None:
+    """Tables built outside TorchScript (Python integers) and inside it (tensors) hold the same numbers."""
+    from equivit.tie_break import _mix, _mix_ints
+
+    values = torch.arange(start, start + 300, dtype=torch.int64)
+    for seed in (1, 7):
+        assert _mix_ints(range(start, start + 300), seed) == _mix(values, seed).tolist()
+
+
 def test_modulus_error_names_the_limit() -> None:
     with pytest.raises(ValueError, match=r"2\*\*24"):
         tie_break_modulus(2**24 + 1)

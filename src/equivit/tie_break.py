@@ -79,6 +79,34 @@ def _mix(values: torch.Tensor, seed: int) -> torch.Tensor:
     return torch.bitwise_and(z, 4611686018427387903)
 
 
+def _mix_ints(values: range, seed: int) -> list[int]:
+    """:func:`_mix` in Python integers (the same numbers): tables built from it hold no index arithmetic.
+
+    Under ``torch.compile`` a table built by tensor operations from an ``arange`` is fused into
+    index expressions, and inductor's 64-bit index arithmetic overflows on these constants;
+    a table built from a list is a plain constant.
+    """
+    mask = (1 << 64) - 1
+    mixed = []
+    for value in values:
+        z = (value * 0x9E3779B97F4A7C15 + seed) & mask
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+        mixed.append((z ^ (z >> 31)) & 4611686018427387903)
+    return mixed
+
+
+def _mixed(start: int, count: int, seed: int, device: torch.device) -> torch.Tensor:
+    """``_mix(arange(start, start + count), seed)``, from Python integers outside TorchScript.
+
+    Shape:
+        - output: :math:`(count,)`, int64
+    """
+    if not torch.jit.is_scripting():
+        return torch.tensor(_mix_ints(range(start, start + count), seed), dtype=torch.int64, device=device)
+    return _mix(torch.arange(start, start + count, device=device, dtype=torch.int64), seed)
+
+
 def _channel_weights(channels: int, modulus: int, device: torch.device) -> torch.Tensor:
     """Weights in ``[1, M]`` with ``channels * M * q < 2**53`` (exact key sums), times ``2**149``.
 
@@ -89,8 +117,7 @@ def _channel_weights(channels: int, modulus: int, device: torch.device) -> torch
         - output: :math:`(C,)`, float64
     """
     largest = max(1, 9007199254740991 // (channels * modulus))  # 2**53 - 1
-    index = torch.arange(channels, device=device, dtype=torch.int64)
-    weights = (torch.remainder(_mix(index, 1), largest) + 1).to(torch.float64)
+    weights = (torch.remainder(_mixed(0, channels, 1, device), largest) + 1).to(torch.float64)
     return weights * 2.0**149
 
 
@@ -106,7 +133,7 @@ def _circulants(size: int, modulus: int, first: bool, device: torch.device) -> t
     """
     index = torch.arange(size, device=device, dtype=torch.int64)
     seed = 2 if first else 4
-    streams = [torch.remainder(_mix(index + (seed + s) * 1000003, 7), modulus) for s in range(2)]
+    streams = [torch.remainder(_mixed((seed + s) * 1000003, size, 7, device), modulus) for s in range(2)]
     difference = index[None, :] - index[:, None]  # j - i
     lags = torch.remainder(difference if first else -difference, size)
     if first:
