@@ -7,6 +7,7 @@
     python run.py test --slow   # also the slow sweeps (inductor compiles, model sweeps)
     python run.py bench    # set up .venv, run the benchmarks in benchmarks/
     python run.py docs     # set up .venv, build the documentation site (mkdocs build --strict) into site/
+    python run.py gpu      # set up .venv, run the CUDA tests and GPU benchmarks (benchmarks/gpu_check.sh)
 
 The virtual environment lives in .venv next to this file; it is created on first use and
 updated whenever pyproject.toml changes.
@@ -48,7 +49,7 @@ def ensure_environment(extras: str) -> None:
 
 
 def main(argv: list[str]) -> None:
-    """Dispatch ``check``, ``demo``, ``test``, ``bench`` or ``docs``."""
+    """Dispatch ``check``, ``demo``, ``test``, ``bench``, ``docs`` or ``gpu``."""
     job = argv[0] if argv else "check"
     rest = argv[1:]
     if job == "check":
@@ -60,7 +61,7 @@ def main(argv: list[str]) -> None:
     elif job == "test":
         ensure_environment("test")
         run(PYTHON, "-m", "ruff", "check", "src", "tests", "benchmarks", "run.py")
-        slow = ["-m", "slow or not slow"] if "--slow" in rest else []
+        slow = ["-m", "not cuda"] if "--slow" in rest else []
         # One worker per core (at most 4): compiles and hypothesis searches are single-threaded.
         workers = ["-n", "auto", "--maxprocesses", "4"]
         run(PYTHON, "-m", "pytest", "-q", *workers, *slow, *[arg for arg in rest if arg != "--slow"])
@@ -71,8 +72,11 @@ def main(argv: list[str]) -> None:
     elif job == "bench":
         ensure_environment("test,bench")
         run(PYTHON, "benchmarks/bench_anchor.py", *rest)
+    elif job == "gpu":
+        ensure_environment("test,bench")
+        run("bash", "benchmarks/gpu_check.sh", *rest)
     else:
-        raise SystemExit(f"unknown job {job!r}: use check, demo, test, bench or docs")
+        raise SystemExit(f"unknown job {job!r}: use check, demo, test, bench, docs or gpu")
 
 
 if __name__ == "__main__":

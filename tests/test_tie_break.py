@@ -144,6 +144,17 @@ def test_cpu_and_accelerator_paths_choose_alike(family: str, stride, channels_la
     assert torch.equal(y[alike], y_acc[alike])
 
 
+@pytest.mark.parametrize("family", ["signed_checkerboard", "signed_stripes", "channel_permutations", "binary"])
+def test_value_keys_of_torchscript_and_onnx_are_exact_too(family: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The keys TorchScript and ONNX export use (values modulo q, no bit casts) anchor exactly as well."""
+    import equivit.tie_break
+
+    monkeypatch.setattr(equivit.tie_break, "_bit_keys", equivit.tie_break._value_keys)
+    x = make_images(family, (4, 3, 24, 36), seed=5)
+    for shift in ((1, 2), (5, 7), (0, 3)):
+        assert bool(anchor_consistency(x, (4, 6), shift).all()), (family, shift)
+
+
 def test_tokens_with_equal_statistics_are_told_apart() -> None:
     """Two different tokens with the same L1 norm and the same channel sum, on a small map: no tie is left."""
     first = torch.tensor([1.0, -2.0, 3.0])

@@ -11,10 +11,11 @@ import torch
 from torch import nn
 
 import equivit
+import equivit.tie_break
 from equivit.device_paths import accelerator_paths
 from equivit.fused import use_fused_kernels
 from equivit.layers import AnchoredConv2d, AnchoredMaxPool2d, circular_conv2d
-from equivit.polyphase import _anchor_offsets, anchor_offsets, polyphase_energy
+from equivit.polyphase import _anchor_offsets, anchor_offsets, normalize_stride, polyphase_energy
 from equivit.testing import load_photos
 from equivit.testing.families import FAMILIES as IMAGE_FAMILIES
 from equivit.testing.families import make_images
@@ -119,12 +120,17 @@ def test_scripted_model_rejects_bad_input_with_the_eager_message(family: str) ->
 
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("stride", [(2, 2), (4, 4), (3, 2)])
-def test_scripted_anchor_matches_eager_on_ties(stride: tuple[int, int], channels_last: bool) -> None:
+def test_scripted_anchor_matches_eager_on_ties(
+    stride: tuple[int, int], channels_last: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # Binary, constant, striped, dotted and signed images tie the energies: the content tie-break runs.
-    # TorchScript runs the plain tensor ops; the eager reference does too. (The fused CPU kernels
+    # TorchScript has no bit casts: it keys tokens by their values (as ONNX export does), and so
+    # does the eager reference here. TorchScript runs the plain tensor ops; the eager reference
+    # does too. (The fused CPU kernels
     # sum a token's channels in another float32 order: channel_permutations tie to the last bit
     # only in exact arithmetic, so there the two may differ, as documented in equivit.fused.)
     scripted = _script(_anchor_offsets)
+    monkeypatch.setattr(equivit.tie_break, "_bit_keys", equivit.tie_break._value_keys)
     tied = 0
     for index, family in enumerate(IMAGE_FAMILIES):
         x = make_images(family, (4, 3, 72, 96), seed=index, channels_last=channels_last)
@@ -170,14 +176,21 @@ def test_scripted_circular_conv2d_matches_eager(
     ],
     ids=["conv", "conv_circular", "max_pool"],
 )
-def test_single_layers_script(layer: object) -> None:
+def test_single_layers_script(layer: object, monkeypatch: pytest.MonkeyPatch) -> None:
     module = layer().eval()  # type: ignore[operator]
     scripted = _script(module)
-    x = make_images("binary", (2, 3, 16, 16), seed=0)
+    x = make_images("binary", (2, 3, 16, 16), seed=0)  # tied energies: TorchScript keys tokens by value
     with torch.no_grad():
-        assert torch.equal(scripted(x), module(x))
         shifted = torch.roll(x, (1, 3), dims=(2, 3))
-        assert torch.equal(scripted(shifted), module(shifted))
+        moved = scripted(shifted)
+        period = normalize_stride(module.stride)[0]
+        # Exact under the shift: a roll of the output, by whole cells, when shifts are whole periods...
+        whole = torch.roll(x, (period, 2 * period), dims=(2, 3))
+        assert torch.equal(scripted(whole), torch.roll(scripted(x), (1, 2), dims=(2, 3)))
+        # ... and the eager module's output wherever its tokens are keyed alike.
+        monkeypatch.setattr(equivit.tie_break, "_bit_keys", equivit.tie_break._value_keys)
+        assert torch.equal(scripted(x), module(x))
+        assert torch.equal(moved, module(shifted))
     with pytest.raises(torch.jit.Error, match="not a positive multiple"):
         scripted(torch.randn(1, 3, 15, 16))
 

@@ -8,11 +8,14 @@ operations, with no host read, so that an accelerator runs it on every anchor.
 
 The rule, for an ``H x W`` map and period ``(s_h, s_w)``:
 
-1. **Token keys.** Each value, read as the exact integer ``v * 2**149`` (every float32,
-   float16 and bfloat16 value is one), is reduced modulo a prime ``q`` and summed over the
-   channels with fixed pseudo-random integer weights, exactly in float64, modulo ``q``: equal
-   tokens get equal keys wherever they sit, different tokens (another sign, the channels
-   permuted) different keys except by a collision of probability about ``1/q``.
+1. **Token keys.** Each value's bit pattern, read as an integer (a free view), is multiplied
+   by a fixed odd pseudo-random 63-bit integer per channel and summed over the channels in
+   wrapping int64 arithmetic, which is exact and order-free; the key is that sum modulo a prime
+   ``q``. Equal tokens get equal keys wherever
+   they sit, different tokens (another sign, the channels permuted) different keys except by a
+   collision of probability about ``1/q``. Integer arithmetic costs one cheap pass, where
+   reducing the values themselves modulo ``q`` (``fmod`` of ratios up to ``2**149``) loops over
+   the exponent bits on CPUs and GPUs alike.
 2. **Reading hash.** For every position ``l`` of the grid, ``g(l)`` hashes the whole key map
    read from ``l``: ``sum_p key[p] a[(p_h - l_h) mod H] b[(p_w - l_w) mod W]`` modulo ``q``, for
    two independent pseudo-random weight pairs ``(a, b)`` (two circulant matrix products each,
@@ -107,18 +110,13 @@ def _mixed(start: int, count: int, seed: int, device: torch.device) -> torch.Ten
     return _mix(torch.arange(start, start + count, device=device, dtype=torch.int64), seed)
 
 
-def _channel_weights(channels: int, modulus: int, device: torch.device) -> torch.Tensor:
-    """Weights in ``[1, M]`` with ``channels * M * q < 2**53`` (exact key sums), times ``2**149``.
-
-    The factor ``2**149`` turns the residues of :func:`_token_keys` (multiples of ``2**-149``)
-    back into integers inside the same product.
+def _channel_weights(channels: int, device: torch.device) -> torch.Tensor:
+    """Odd pseudo-random 63-bit integers, one per channel.
 
     Shape:
-        - output: :math:`(C,)`, float64
+        - output: :math:`(C,)`, int64
     """
-    largest = max(1, 9007199254740991 // (channels * modulus))  # 2**53 - 1
-    weights = (torch.remainder(_mixed(0, channels, 1, device), largest) + 1).to(torch.float64)
-    return weights * 2.0**149
+    return _mixed(0, channels, 1, device) * 2 + 1
 
 
 def _circulants(size: int, modulus: int, first: bool, device: torch.device) -> torch.Tensor:
@@ -141,12 +139,11 @@ def _circulants(size: int, modulus: int, first: bool, device: torch.device) -> t
     return torch.cat([stream[lags] for stream in streams], dim=1).to(torch.float64)  # (n, 2n)
 
 
-def _weights_table(channels: int, modulus: int, device: torch.device) -> torch.Tensor:
+def _weights_table(channels: int, device: torch.device) -> torch.Tensor:
     """:func:`_channel_weights`, cached per device in eager mode."""
     if not torch.jit.is_scripting():
-        build = partial(_channel_weights, channels, modulus, device)
-        return cached_table(("tie-weights", channels, modulus), device, build)
-    return _channel_weights(channels, modulus, device)
+        return cached_table(("tie-weights", channels), device, partial(_channel_weights, channels, device))
+    return _channel_weights(channels, device)
 
 
 def _circulant_table(size: int, modulus: int, first: bool, device: torch.device) -> torch.Tensor:
@@ -157,36 +154,92 @@ def _circulant_table(size: int, modulus: int, first: bool, device: torch.device)
     return _circulants(size, modulus, first, device)
 
 
-def _token_keys(x: torch.Tensor, modulus: int, channels_last: bool) -> torch.Tensor:
-    """Each token's key: its values, as exact integers modulo ``q``, summed over the channels with fixed weights.
+def _bit_patterns(x: torch.Tensor) -> torch.Tensor:
+    """The values' bit patterns as signed integers (a free view; float64 patterns folded once).
+
+    A 64-bit pattern gets its upper half XOR-ed into its lower half (a bijection), so that a
+    change in the upper bits (the sign) also changes the lower ones: the wrapping products of
+    :func:`_token_keys` then keep it, instead of sending it to ``2**63`` for every weight.
+    """
+    if x.dtype == torch.float64:
+        bits = x.view(torch.int64)
+        return torch.bitwise_xor(bits, torch.bitwise_and(bits >> 32, 4294967295))
+    if x.dtype == torch.float16 or x.dtype == torch.bfloat16:
+        return x.view(torch.int16)
+    return x.view(torch.int32)
+
+
+def _value_weights(channels: int, modulus: int, device: torch.device) -> torch.Tensor:
+    """Weights in ``[1, M]`` with ``channels * M * q < 2**53`` (exact sums), times ``2**149`` (see :func:`_value_keys`).
+
+    Shape:
+        - output: :math:`(C,)`, float64
+    """
+    largest = max(1, 9007199254740991 // (channels * modulus))  # 2**53 - 1
+    weights = (torch.remainder(_mixed(0, channels, 1, device), largest) + 1).to(torch.float64)
+    return weights * 2.0**149
+
+
+def _value_keys(x: torch.Tensor, modulus: int, channels_last: bool) -> torch.Tensor:
+    """Token keys from the values, for TorchScript, ``torch.jit.trace`` and ONNX, which have no bit casts.
 
     A float32 (or float16, bfloat16) value ``v`` is an integer multiple of ``2**-149``, so
-    ``v * 2**149`` is an exact integer in float64 and its residue modulo ``q`` is exact too
-    (``fmod`` never rounds); it is computed as ``fmod(v, q * 2**-149)``, with the factor folded
-    into the weights. The weighted sum over the channels stays below ``2**53``: exact and
-    order-free. So equal tokens get equal keys wherever they sit, a token and its negative (or
-    its channels permuted) different keys except by a collision of probability about ``1/q``,
-    ``-0.0`` the key of ``0.0``, and every token holding an inf or a NaN the key 0. No bit
-    casts: exported graphs (ONNX) compute the same keys.
-    float64 maps are keyed by their float32 rounding.
+    ``v * 2**149`` is an exact integer in float64, and ``fmod(v, q * 2**-149)`` (exact) is its
+    residue modulo ``q`` up to that factor, which the weights carry. The weighted channel sums
+    stay below ``2**53``: exact and order-free, so these keys are as exact as the bit keys (a
+    token with an inf or a NaN gets key 0). They are a different function, though: an exported
+    model breaks exact energy ties by another rule than PyTorch (both shift-consistent), and
+    ``fmod`` of such ratios is slow, which is why PyTorch uses the bit keys.
 
     Shape:
         - x: :math:`(B, C, H, W)`, or :math:`(B, H, W, C)` with ``channels_last=True``
         - output: :math:`(B, H, W)`, float64 integers in :math:`(-q, q)`
     """
-    x = x.detach()
-    if x.dtype == torch.float64:
-        x = x.float()
+    x = x.detach().float()
     channels = x.shape[3] if channels_last else x.shape[1]
-    weights = _weights_table(channels, modulus, x.device)
+    weights = _value_weights(channels, modulus, x.device)
     residues = torch.fmod(x.to(torch.float64), modulus * 2.0**-149)
     if channels_last:
         keys = torch.matmul(residues, weights)
     else:
         batch, height, width = x.shape[0], x.shape[2], x.shape[3]
         keys = torch.matmul(weights, residues.reshape(batch, channels, height * width)).view(batch, height, width)
-    # A token holding inf or NaN (whose residues are NaN) gets key 0: the same key for the same content.
     return torch.nan_to_num(torch.fmod(keys, modulus), nan=0.0)
+
+
+def _token_keys(x: torch.Tensor, modulus: int, channels_last: bool) -> torch.Tensor:
+    """Each token's key: :func:`_bit_keys`, or :func:`_value_keys` in TorchScript, ``torch.jit.trace`` and ONNX.
+
+    Shape:
+        - x: :math:`(B, C, H, W)`, or :math:`(B, H, W, C)` with ``channels_last=True``
+        - output: :math:`(B, H, W)`, float64 integers in :math:`(-q, q)`
+    """
+    if not torch.jit.is_scripting():  # noqa: SIM102 (TorchScript skips only this exact condition)
+        if not torch.onnx.is_in_onnx_export() and not torch.jit.is_tracing():
+            return _bit_keys(x, modulus, channels_last)
+    return _value_keys(x, modulus, channels_last)
+
+
+def _bit_keys(x: torch.Tensor, modulus: int, channels_last: bool) -> torch.Tensor:
+    """Each token's key: its bit patterns times fixed odd 63-bit integers, summed (wrapping int64), modulo ``q``.
+
+    The key is a function of the token's bits alone, and wrapping integer sums are exact in any
+    order: equal tokens get equal keys wherever they sit and on every device, and different
+    tokens (a sign flipped, the channels permuted) different keys except by a collision of
+    probability about ``1/q``. ``-0.0`` and ``0.0`` (or two NaN payloads) get different keys:
+    that only tells apart tokens that equal computations never mix, so no shift changes a
+    choice through it.
+
+    Shape:
+        - x: :math:`(B, C, H, W)`, or :math:`(B, H, W, C)` with ``channels_last=True``
+        - output: :math:`(B, H, W)`, float64 integers in :math:`[0, q)`
+    """
+    bits = _bit_patterns(x.detach())
+    channels = x.shape[3] if channels_last else x.shape[1]
+    weights = _weights_table(channels, x.device)
+    dim = 3 if channels_last else 1
+    keys = torch.sum(bits * (weights if channels_last else weights.view(channels, 1, 1)), dim=dim)
+    return torch.remainder(keys, modulus).to(torch.float64)
 
 
 def reading_hash_scores(x: torch.Tensor, sh: int, sw: int, channels_last: bool) -> torch.Tensor:
