@@ -29,18 +29,8 @@ import torch
 from torch import nn
 
 import equivit
+from count_launches import MODELS  # the same eight models (this folder is on the path when run as a script)
 from equivit.timing import timed
-
-MODELS = (
-    "vit_small_patch16_224",
-    "deit_small_patch16_224",
-    "twins_pcpvt_small",
-    "twins_svt_small",
-    "swin_tiny_patch4_window7_224",
-    "pvt_v2_b0",
-    "resnet50",
-    "convnext_tiny",
-)
 
 
 def make_step(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, train: bool) -> Callable[[], object]:

@@ -5,12 +5,20 @@ and counts, with a ``TorchDispatchMode`` (``equivit.testing.count_kernel_ops``),
 operator that would launch a kernel and every read of a device value on the host (a sync). What
 a GPU pays for launches is roughly the count times 4-8 microseconds in eager mode.
 
-    python benchmarks/count_launches.py [--batch 8] [--size N] [--models NAME ...] [--markdown]
+    python benchmarks/count_launches.py [--batch 8] [--size N] [--models NAME ...] [--no-training]
+    python benchmarks/count_launches.py --compiled [--models NAME ...]
+
+With ``--compiled`` it counts instead the kernels that ``torch.compile`` (inductor) launches per
+forward pass: the calls in the generated code (fused kernels and library calls such as
+convolutions and matrix products), stock against converted. Inductor generates C++ on the CPU
+and Triton on a GPU; the two fuse alike, so the count is what a compiled model launches on a GPU
+to within a few kernels (and with ``mode="reduce-overhead"`` a CUDA graph replays them all as one).
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 
 import timm
 import torch
@@ -54,6 +62,37 @@ def training_count(model: nn.Module, images: torch.Tensor) -> KernelOpCount:
     return count_kernel_ops(step)
 
 
+# A launch in inductor's generated code: a fused kernel, a library call or an aten fallback.
+_LAUNCH = re.compile(
+    r"^\s+(?:\w+ = )?(cpp_fused\w*|triton_\w+\.run|extern_kernels\.\w+|aten\.\w+|torch\.ops\.\w+\.\w+)\("
+)
+
+
+def compiled_count(model: nn.Module, images: torch.Tensor) -> int:
+    """Kernel launches of one compiled forward pass (eval mode, no gradients), read from inductor's code."""
+    from torch._inductor.utils import run_and_get_code
+
+    torch._dynamo.reset()
+    compiled = torch.compile(model.eval(), fullgraph=True, dynamic=False)
+    with torch.no_grad():
+        _, code = run_and_get_code(compiled, images)
+    return sum(1 for text in code for line in text.splitlines() if _LAUNCH.match(line))
+
+
+def main_compiled(models: list[str], batch: int, size: int | None) -> None:
+    """Print the table of compiled launches."""
+    print(f"batch {batch}, torch.compile (inductor) forward, torch {torch.__version__}")
+    print("| model | stock kernels | equivit kernels | ratio |")
+    print("|---|---|---|---|")
+    for name in models:
+        stock = timm.create_model(name)
+        converted = equivit.convert(timm.create_model(name))
+        side = size or stock.pretrained_cfg["input_size"][-1]
+        images = torch.randn(batch, 3, side, side)
+        counts = [compiled_count(stock, images), compiled_count(converted, images)]
+        print(f"| {name} ({side}) | {counts[0]} | {counts[1]} | {counts[1] / counts[0]:.2f} |", flush=True)
+
+
 def main() -> None:
     """Print the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -61,7 +100,11 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=None, help="image size (default: each model's own)")
     parser.add_argument("--models", nargs="+", default=list(MODELS))
     parser.add_argument("--no-training", action="store_true", help="count forward passes only")
+    parser.add_argument("--compiled", action="store_true", help="count the kernels of compiled forward passes")
     args = parser.parse_args()
+    if args.compiled:
+        main_compiled(args.models, args.batch, args.size)
+        return
     torch.manual_seed(0)
     print(f"batch {args.batch}, accelerator paths on CPU tensors, torch {torch.__version__}")
     print(

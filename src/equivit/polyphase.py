@@ -41,7 +41,6 @@ rounded, but identically for equal tokens, so equal multisets of tokens still gi
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Literal
 
 import torch
@@ -50,8 +49,7 @@ from equivit import fused
 from equivit.canonical import dense_rank
 from equivit.device_paths import takes_host_paths
 from equivit.report import shape_text
-from equivit.roll import _roll
-from equivit.tables import cached_table
+from equivit.roll import _phase_offsets, _roll, _roll_to_phase
 from equivit.tie_break import reading_hash_scores
 
 __all__ = [
@@ -391,27 +389,17 @@ def anchor_scores(
     return scores.view(coarse.shape)
 
 
-def _phase_grid(sh: int, sw: int, device: torch.device) -> torch.Tensor:
-    """``(row, column)`` of every flat phase index of an ``sh x sw`` grid.
+def _anchor_phase(x: torch.Tensor, sh: int, sw: int, energy: str, channels_last: bool) -> torch.Tensor:
+    """Flat index of each sample's anchor in the ``sh x sw`` period (row-major), after the input checks.
 
     Shape:
-        - output: :math:`(s_h s_w, 2)`, int64
+        - x: :math:`(B, C, H, W)`, or :math:`(B, H, W, C)` with ``channels_last=True``
+        - output: :math:`(B,)`, int64
     """
-    index = torch.arange(sh * sw, device=device)
-    return torch.stack((torch.div(index, sw, rounding_mode="floor"), torch.remainder(index, sw)), dim=1)
-
-
-def _phase_offsets(best: torch.Tensor, sh: int, sw: int) -> torch.Tensor:
-    """``(row, column)`` of each sample's flat phase index in an ``sh x sw`` grid (one table lookup).
-
-    Shape:
-        - best: :math:`(B,)`
-        - output: :math:`(B, 2)`
-    """
-    if not torch.jit.is_scripting():
-        table = cached_table(("phases", sh, sw), best.device, partial(_phase_grid, sh, sw, best.device))
-        return table.index_select(0, best)
-    return torch.stack((torch.div(best, sw, rounding_mode="floor"), torch.remainder(best, sw)), dim=1)
+    _check_input(x, (sh, sw), channels_last, "anchor_offsets")
+    _check_energy(energy)
+    coarse = _energy(x, sh, sw, energy == "l1", channels_last)
+    return _best_phase(x, coarse, energy == "l1", channels_last)
 
 
 def _anchor_offsets(x: torch.Tensor, sh: int, sw: int, energy: str, channels_last: bool) -> torch.Tensor:
@@ -421,10 +409,22 @@ def _anchor_offsets(x: torch.Tensor, sh: int, sw: int, energy: str, channels_las
         - x: :math:`(B, C, H, W)`, or :math:`(B, H, W, C)` with ``channels_last=True``
         - output: :math:`(B, 2)`
     """
-    _check_input(x, (sh, sw), channels_last, "anchor_offsets")
-    _check_energy(energy)
-    coarse = _energy(x, sh, sw, energy == "l1", channels_last)
-    return _phase_offsets(_best_phase(x, coarse, energy == "l1", channels_last), sh, sw)
+    return _phase_offsets(_anchor_phase(x, sh, sw, energy, channels_last), sh, sw)
+
+
+def _anchored(
+    x: torch.Tensor, sh: int, sw: int, energy: str, channels_last: bool, padding: tuple[int, int]
+) -> torch.Tensor:
+    """``x`` rolled to its anchor and padded circularly by ``padding``, for layers that drop the offsets.
+
+    Shape:
+        - x: :math:`(B, C, H, W)`, or :math:`(B, H, W, C)` with ``channels_last=True``
+        - output: :math:`(B, C, H + 2 p_h, W + 2 p_w)`, or :math:`(B, H + 2 p_h, W + 2 p_w, C)`
+    """
+    if not torch.jit.is_scripting():  # noqa: SIM102 (TorchScript skips only this exact condition)
+        if fused.applies_to_energy(x, channels_last) and fused.applies_to_roll(x, channels_last):
+            return _roll(x, _anchor_offsets(x, sh, sw, energy, channels_last), channels_last, 1, padding)
+    return _roll_to_phase(x, _anchor_phase(x, sh, sw, energy, channels_last), (sh, sw), channels_last, padding)
 
 
 def _polyphase_anchor(
@@ -439,8 +439,8 @@ def _polyphase_anchor(
     if not torch.jit.is_scripting():  # noqa: SIM102 (TorchScript skips only this exact condition)
         if fused.applies_to_energy(x, channels_last) and fused.applies_to_roll(x, channels_last):
             return _fused_anchor(x, sh, sw, energy, channels_last)
-    offsets = _anchor_offsets(x, sh, sw, energy, channels_last)
-    return _roll(x, offsets, channels_last, 1, (0, 0)), offsets
+    phase = _anchor_phase(x, sh, sw, energy, channels_last)
+    return _roll_to_phase(x, phase, (sh, sw), channels_last, (0, 0)), _phase_offsets(phase, sh, sw)
 
 
 def _fused_anchor(

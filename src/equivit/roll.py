@@ -107,17 +107,102 @@ def _roll_by_tables(
                              partial(_line_table, width, sign, pw, 1, x.device))  # fmt: skip
     rows = row_table.index_select(0, offsets[:, 0])  # (B, H'), already times W
     cols = col_table.index_select(0, offsets[:, 1])  # (B, W')
-    out_h, out_w = height + 2 * ph, width + 2 * pw
-    index = (rows.unsqueeze(2) + cols.unsqueeze(1)).view(batch, out_h * out_w)
+    index = (rows.unsqueeze(2) + cols.unsqueeze(1)).view(batch, rows.shape[1] * cols.shape[1])
+    return _gather_positions(x, index, channels_last, height + 2 * ph, width + 2 * pw)
+
+
+def _gather_positions(
+    x: torch.Tensor, index: torch.Tensor, channels_last: bool, out_h: int, out_w: int
+) -> torch.Tensor:
+    """Output position ``k`` of sample ``b`` takes the token at flat position ``index[b, k]`` (one gather).
+
+    Shape:
+        - x: :math:`(B, C, H, W)`, or :math:`(B, H, W, C)` with ``channels_last=True``
+        - index: :math:`(B, H' W')`, int64
+        - output: :math:`(B, C, H', W')`, or :math:`(B, H', W', C)`
+    """
+    batch = x.shape[0]
     if channels_last:
         channels = x.shape[3]
-        source = x.reshape(batch, height * width, channels)
+        source = x.reshape(batch, x.shape[1] * x.shape[2], channels)
         rolled = torch.gather(source, 1, index.unsqueeze(2).expand(batch, out_h * out_w, channels))
         return rolled.view(batch, out_h, out_w, channels)
     channels = x.shape[1]
-    source = x.reshape(batch, channels, height * width)
+    source = x.reshape(batch, channels, x.shape[2] * x.shape[3])
     rolled = torch.gather(source, 2, index.unsqueeze(1).expand(batch, channels, out_h * out_w))
     return rolled.view(batch, channels, out_h, out_w)
+
+
+def _phase_grid(sh: int, sw: int, device: torch.device) -> torch.Tensor:
+    """``(row, column)`` of every flat phase index of an ``sh x sw`` grid.
+
+    Shape:
+        - output: :math:`(s_h s_w, 2)`, int64
+    """
+    index = torch.arange(sh * sw, device=device)
+    return torch.stack((torch.div(index, sw, rounding_mode="floor"), torch.remainder(index, sw)), dim=1)
+
+
+def _phase_offsets(best: torch.Tensor, sh: int, sw: int) -> torch.Tensor:
+    """``(row, column)`` of each sample's flat phase index in an ``sh x sw`` grid (one table lookup).
+
+    Shape:
+        - best: :math:`(B,)`
+        - output: :math:`(B, 2)`
+    """
+    if not torch.jit.is_scripting():
+        table = cached_table(("phases", sh, sw), best.device, partial(_phase_grid, sh, sw, best.device))
+        return table.index_select(0, best)
+    return torch.stack((torch.div(best, sw, rounding_mode="floor"), torch.remainder(best, sw)), dim=1)
+
+
+def _phase_table(
+    height: int, width: int, period: tuple[int, int], padding: tuple[int, int], device: torch.device
+) -> torch.Tensor:
+    r"""Flat source position of every output position, for the roll to every phase of the period.
+
+    Row ``p`` is the roll by ``(p // s_w, p % s_w)`` with circular padding ``padding``.
+
+    Shape:
+        - output: :math:`(s_h s_w, (H + 2 p_h)(W + 2 p_w))`, int64
+    """
+    offsets = _phase_grid(period[0], period[1], device)
+    return _flat_index(offsets, height, width, 1, padding)
+
+
+# Largest phase table (entries) kept per shape: 16 MiB of int64. Larger periods (an image anchored
+# with a period of 16) roll by the per-axis tables instead.
+_PHASE_TABLE_ENTRIES = 2097152
+
+
+def _roll_to_phase(
+    x: torch.Tensor, phase: torch.Tensor, period: tuple[int, int], channels_last: bool, padding: tuple[int, int]
+) -> torch.Tensor:
+    """Roll (and pad circularly) each sample to its anchor, given as a flat phase index of the period.
+
+    On the accelerator paths, one lookup in a table of all the phases' source positions (built
+    once per shape) and one gather: two kernels. Elsewhere, or when that table would be large,
+    the offsets and :func:`_roll`.
+
+    Shape:
+        - x: :math:`(B, C, H, W)`, or :math:`(B, H, W, C)` with ``channels_last=True``
+        - phase: :math:`(B,)`, int64 in :math:`[0, s_h s_w)`
+        - output: :math:`(B, C, H + 2 p_h, W + 2 p_w)`, or :math:`(B, H + 2 p_h, W + 2 p_w, C)`
+    """
+    if not torch.jit.is_scripting():
+        held_last = not channels_last and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+        height, width = (x.shape[1], x.shape[2]) if channels_last else (x.shape[2], x.shape[3])
+        out_h, out_w = height + 2 * padding[0], width + 2 * padding[1]
+        small = period[0] * period[1] * out_h * out_w <= _PHASE_TABLE_ENTRIES
+        device_path = (not takes_host_paths(x) or torch.compiler.is_compiling()) and not torch.jit.is_tracing()
+        if small and device_path and x.dim() == 4:
+            build = partial(_phase_table, height, width, period, padding, x.device)
+            table = cached_table(("roll-phases", height, width, period, padding), x.device, build)
+            index = table.index_select(0, phase)
+            if held_last:
+                return _gather_positions(x.permute(0, 2, 3, 1), index, True, out_h, out_w).permute(0, 3, 1, 2)
+            return _gather_positions(x, index, channels_last, out_h, out_w)
+    return _roll(x, _phase_offsets(phase, period[0], period[1]), channels_last, 1, padding)
 
 
 def _roll(

@@ -8,8 +8,7 @@ from torch import nn
 
 from equivit.layers.circular_conv import CircularConv2d
 from equivit.layers.sharing import take_over
-from equivit.polyphase import Energy, _anchor_offsets, _polyphase_anchor
-from equivit.roll import _roll
+from equivit.polyphase import Energy, _anchored, _polyphase_anchor
 
 __all__ = ["AnchoredConv2d"]
 
@@ -123,8 +122,7 @@ class AnchoredConv2d(CircularConv2d):
             anchored, _ = _polyphase_anchor(x, sh, sw, self.energy, False)
             return self._conv_forward(anchored, self.weight, self.bias)
         # Roll to the anchor and pad circularly in one gather, then convolve without padding.
-        offsets = _anchor_offsets(x, sh, sw, self.energy, False)
-        padded = _roll(x, offsets, False, 1, (pad_h, pad_w))
+        padded = _anchored(x, sh, sw, self.energy, False, (pad_h, pad_w))
         return F.conv2d(padded, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
 
     def extra_repr(self) -> str:

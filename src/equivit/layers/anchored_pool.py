@@ -6,9 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from equivit.polyphase import Energy, _anchor_offsets, normalize_stride
+from equivit.polyphase import Energy, _anchored, normalize_stride
 from equivit.report import shape_text
-from equivit.roll import _roll
 
 __all__ = ["AnchoredMaxPool2d", "keeps_grid", "separable_max_pool2d"]
 
@@ -201,8 +200,7 @@ class AnchoredMaxPool2d(nn.MaxPool2d):
                 f"{shape_text(list(x.shape))} is not a positive multiple of the stride ({sh}, {sw})"
             )
         # Roll to the anchor and pad circularly in one gather, then pool without padding.
-        offsets = _anchor_offsets(x, sh, sw, self.energy, False)
-        anchored = _roll(x, offsets, False, 1, self.circular_padding)
+        anchored = _anchored(x, sh, sw, self.energy, False, self.circular_padding)
         # The roll keeps a channels-last layout, and both poolings keep their input's.
         if x.device.type == "cpu" and not x.requires_grad:
             return separable_max_pool2d(anchored, self.window, self.period, self.window_dilation)
