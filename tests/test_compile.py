@@ -19,7 +19,8 @@ from torch._dynamo.backends.common import aot_autograd
 from torch._functorch.aot_autograd import make_boxed_func
 from torch._inductor.utils import get_first_incompatible_cudagraph_node
 
-from equivit.testing import load_photos
+import equivit
+from equivit.testing import load_photos, make_images
 from helpers import check_consistency
 from zoo import TINY, tiny_pair
 
@@ -65,6 +66,19 @@ def test_inductor_compiles_a_converted_model() -> None:
 @pytest.mark.parametrize("family", [family for family in TINY if family != "resnet"])
 def test_inductor(family: str) -> None:
     _check_compiled(family, "inductor")
+
+
+def _anchor_offsets(x: torch.Tensor) -> torch.Tensor:
+    return equivit.anchor_offsets(x, (4, 8))
+
+
+def test_compiled_anchor_matches_eager_on_tied_and_natural_inputs() -> None:
+    """Inductor's always-run tie-break chooses as eager's CPU path (tie-break on tied samples only)."""
+    torch._dynamo.reset()
+    compiled = torch.compile(_anchor_offsets, fullgraph=True, backend="inductor", dynamic=False)
+    for seed, family in enumerate(("random", "binary", "signed_checkerboard", "constant", "sparse_dots")):
+        x = make_images(family, (4, 3, 32, 48), seed=seed)
+        assert torch.equal(compiled(x), _anchor_offsets(x)), family
 
 
 # Operators that read a device value on the host or size their output by the data.
