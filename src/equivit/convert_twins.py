@@ -6,7 +6,7 @@ from typing import ClassVar
 
 import torch
 from timm.models._features import feature_take_indices
-from timm.models.twins import Twins
+from timm.models.twins import LocallyGroupedAttn, Twins
 
 from equivit.layers import AnchoredConv2d, make_conv_circular
 from equivit.polyphase import Energy, _polyphase_anchor, polyphase_anchor
@@ -49,7 +49,26 @@ class AnchoredTwins(Twins):
             - x: :math:`(B, C, H, W)`
             - output: :math:`(B, \text{classes})`
         """
+        if not torch.jit.is_scripting():  # noqa: SIM102 (TorchScript skips only this exact condition)
+            if torch.onnx.is_in_onnx_export():
+                return self._forward_for_onnx(x)
         return self.forward_head(self.forward_features(x))
+
+    def _forward_for_onnx(self, x: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward` with the window attention's plain path, which ONNX export translates.
+
+        timm's locally-grouped attention hands 5-D tensors to the fused attention kernel, which
+        the ONNX translation takes only in 4-D (stock timm Twins SVT does not export either); its
+        plain path (``fused_attn=False``, the same arithmetic) exports.
+        """
+        windows = [module for module in self.modules() if isinstance(module, LocallyGroupedAttn) and module.fused_attn]
+        for module in windows:
+            module.fused_attn = False
+        try:
+            return self.forward_head(self.forward_features(x))
+        finally:
+            for module in windows:
+                module.fused_attn = True
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Every stage: anchored embedding, anchor the grid, blocks, roll back; then the final norm.
