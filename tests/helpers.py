@@ -38,15 +38,20 @@ def anchor_consistency(
 ) -> torch.Tensor:
     """Per sample: anchoring ``roll(x, shift)`` gives ``anchor(x)`` rolled by whole periods, exactly.
 
+    The shifted map keeps the memory layout of ``x`` (``torch.roll`` returns a contiguous tensor):
+    whether anchoring depends on the layout is a property of its own
+    (``tests/test_fused.py::test_anchor_does_not_depend_on_the_memory_layout``).
+
     Shape:
         - x: :math:`(B, C, H, W)`, or :math:`(B, H, W, C)` with ``channels_last=True``
         - output: :math:`(B,)` booleans
     """
     dims = (1, 2) if channels_last else (2, 3)
     y, offsets = equivit.polyphase_anchor(x, stride, channels_last=channels_last)
-    y_shifted, offsets_shifted = equivit.polyphase_anchor(
-        torch.roll(x, shift, dims=dims), stride, channels_last=channels_last
-    )
+    shifted = torch.roll(x, shift, dims=dims)
+    if not channels_last and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        shifted = shifted.contiguous(memory_format=torch.channels_last)
+    y_shifted, offsets_shifted = equivit.polyphase_anchor(shifted, stride, channels_last=channels_last)
     if channels_last:
         y, y_shifted = y.permute(0, 3, 1, 2), y_shifted.permute(0, 3, 1, 2)
     # y_shifted == roll(y, shift - offsets_shifted + offsets) by construction; checked, not assumed.

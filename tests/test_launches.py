@@ -34,7 +34,15 @@ def test_forward_and_training_step_read_nothing_back(family: str, images: str) -
         converted.eval()
     assert forward.host_reads == 0, forward.by_op
     assert training.host_reads == 0
+    assert forward.host_copies == training.host_copies == 0  # no tensor built from Python data per call
     assert forward.ops > stock_forward.ops  # the anchors are counted (the counter sees the model)
+
+
+def test_host_copies_are_counted() -> None:
+    """Negative control: a tensor built from Python numbers in the counted code is a host copy."""
+    x = torch.ones(2)
+    assert count_kernel_ops(lambda: x + torch.tensor([1.0, 2.0])).host_copies == 1
+    assert count_kernel_ops(lambda: x + 1.0).host_copies == 0
 
 
 def test_cpu_paths_do_read_back() -> None:

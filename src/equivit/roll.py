@@ -232,6 +232,11 @@ def _roll(
 def _reduced(x: torch.Tensor, offsets: torch.Tensor, channels_last: bool) -> torch.Tensor:
     """``offsets`` modulo the grid ``(H, W)`` of ``x``: any integers become valid table rows."""
     size = (x.shape[1], x.shape[2]) if channels_last else (x.shape[2], x.shape[3])
+    if not torch.jit.is_scripting():
+        # A tensor built from Python numbers in every call would be a copy from the host, which
+        # waits for the device: the grid size is a cached table instead.
+        build = partial(torch.tensor, size, device=offsets.device)
+        return torch.remainder(offsets, cached_table(("grid-size", size[0], size[1]), offsets.device, build))
     return torch.remainder(offsets, torch.tensor(size, device=offsets.device))
 
 

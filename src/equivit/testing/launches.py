@@ -7,7 +7,9 @@ aten operator that runs. Views (``view``, ``permute``, ``expand``, ...) and bare
 close upper bound: a few operators launch two kernels on CUDA, and on-device memory copies
 count as kernels too). ``aten._local_scalar_dense`` (``.item()``, ``bool(tensor)``,
 ``int(tensor)``) and operators whose output size depends on the data (``nonzero``,
-``masked_select``, ``unique``) are host reads. Together with
+``masked_select``, ``unique``) are host reads. Tensors built from Python data during the run
+(``aten.lift_fresh``: ``torch.tensor([...])``) are host copies: on a GPU each is a copy from
+pageable host memory, which waits for the device as a host read does. Together with
 :func:`equivit.device_paths.accelerator_paths` this counts what a forward pass would cost on a
 GPU, on a machine without one.
 """
@@ -42,11 +44,13 @@ class KernelOpCount:
     Attributes:
         ops: Operators that launch a kernel (everything but views and bare allocations).
         host_reads: Operators that read a device value on the host (syncs on an accelerator).
+        host_copies: Tensors built from Python data (copies from the host, which also wait on an accelerator).
         by_op: Count per operator name (kernel operators and host reads).
     """
 
     ops: int = 0
     host_reads: int = 0
+    host_copies: int = 0
     by_op: Counter[str] = field(default_factory=Counter)
 
     def top(self, count: int = 10) -> list[tuple[str, int]]:
@@ -73,6 +77,8 @@ class KernelOpCounter(TorchDispatchMode):
     ) -> Any:
         """Count ``func`` (unless it is a view or an allocation), then run it."""
         name = func.overloadpacket.__name__
+        if name == "lift_fresh":
+            self.count.host_copies += 1
         if name in HOST_READ_OPS:
             self.count.host_reads += 1
             self.count.by_op[name] += 1
