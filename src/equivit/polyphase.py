@@ -136,12 +136,12 @@ def _position_norms(x: torch.Tensor, l1: bool, channels_last: bool) -> torch.Ten
     """Per-position L1 norm (or squared L2 norm) over the channels, float32 (float64 for float64 input).
 
     Equal tokens give bit-identical values wherever they sit, which the energies rely on. Where
-    the channels of a token are contiguous in memory (a ``(B, H, W, C)`` map, or a
-    ``(B, C, H, W)`` map held channels-last), each token is summed as one contiguous row, the
-    same way for every token. Otherwise (a ``(B, C, H, W)`` map, or tokens viewed from one by a
-    permute) the channels are summed by elementwise adds of channel halves: a strided reduction
-    over them on the CPU sums the positions of a vector body and of its tail in different
-    orders, and so gives equal tokens different values.
+    the channels of a ``(B, H, W, C)`` token map are contiguous in memory, each token is summed
+    as one contiguous row, the same way for every token. Otherwise (every ``(B, C, H, W)`` map,
+    however it is held, or tokens viewed from one by a permute) the channels are summed by
+    elementwise adds of channel halves, which gives the same values in every memory layout: a
+    strided reduction over them on the CPU sums the positions of a vector body and of its tail
+    in different orders, and so gives equal tokens different values.
 
     Shape:
         - x: :math:`(B, C, H, W)`, or :math:`(B, H, W, C)` with ``channels_last=True``
@@ -151,9 +151,9 @@ def _position_norms(x: torch.Tensor, l1: bool, channels_last: bool) -> torch.Ten
     if x.dtype != torch.float32 and x.dtype != torch.float64:
         x = x.float()
     values = x.abs() if l1 else x.square()  # a new tensor (in the layout of x): the adds may run in place
-    if values.stride(dim) == 1 and (channels_last or not values.is_contiguous()):
-        # Contiguous tokens. (A contiguous (B, C, 1, 1) map has a channel stride of 1 too: it takes
-        # the halves below, as every contiguous (B, C, H, W) map does, and as the fused kernels do.)
+    if channels_last and values.stride(dim) == 1:
+        # Contiguous tokens. A (B, C, H, W) map takes the halves below in every memory layout
+        # (held channels-last too), so that the same map gets the same norms however it is held.
         return values.sum(dim=dim)
     while values.shape[dim] > 1:
         half = values.shape[dim] // 2
