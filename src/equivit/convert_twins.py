@@ -83,23 +83,11 @@ class AnchoredTwins(Twins):
             - x: :math:`(B, C, H, W)`
             - output: :math:`(B, N, C')`
         """
-        batch = x.shape[0]
         last = len(self.blocks) - 1
-        for i, (embed, drop, blocks, pos_blk) in enumerate(
-            zip(self.patch_embeds, self.pos_drops, self.blocks, self.pos_block)  # noqa: B905 (TorchScript)
-        ):
-            x, size = embed(x)
-            x = drop(x)
-            channels = x.shape[-1]
-            grid, offsets = self._anchor(x.reshape(batch, size[0], size[1], channels))
-            x = grid.reshape(batch, size[0] * size[1], channels)
-            for j, blk in enumerate(blocks):
-                x = blk(x, size)
-                if j == 0:
-                    x = pos_blk(x, size)  # position encoding after the first block, as in timm
-            grid = self._roll_back(x.reshape(batch, size[0], size[1], channels), offsets)
+        for i in range(len(self.blocks)):
+            grid = self._stage(x, i)
             # Maps between stages (NCHW, as timm), tokens after the last one.
-            x = grid.permute(0, 3, 1, 2).contiguous() if i < last else grid.reshape(batch, -1, channels)
+            x = grid.permute(0, 3, 1, 2).contiguous() if i < last else grid.reshape(grid.shape[0], -1, grid.shape[3])
         return self.norm(x)
 
     def forward_intermediates(
@@ -128,29 +116,17 @@ class AnchoredTwins(Twins):
             raise ValueError("output_fmt must be 'NCHW' for Twins, got '" + output_fmt + "'")
         intermediates: list[torch.Tensor] = []
         take_indices, max_index = feature_take_indices(len(self.blocks), indices)
-        batch = x.shape[0]
         last = len(self.blocks) - 1
         stop = max_index if stop_early else last
-        for i, (embed, drop, blocks, pos_blk) in enumerate(
-            zip(self.patch_embeds, self.pos_drops, self.blocks, self.pos_block)  # noqa: B905 (TorchScript)
-        ):
+        for i in range(len(self.blocks)):
             if i <= stop:
-                x, size = embed(x)
-                x = drop(x)
-                channels = x.shape[-1]
-                grid, offsets = self._anchor(x.reshape(batch, size[0], size[1], channels))
-                x = grid.reshape(batch, size[0] * size[1], channels)
-                for j, blk in enumerate(blocks):
-                    x = blk(x, size)
-                    if j == 0:
-                        x = pos_blk(x, size)
-                grid = self._roll_back(x.reshape(batch, size[0], size[1], channels), offsets)
+                grid = self._stage(x, i)
                 if i < last:
                     x = grid.permute(0, 3, 1, 2).contiguous()
                     if i in take_indices:
                         intermediates.append(x)
                 else:
-                    x = grid.reshape(batch, size[0] * size[1], channels)
+                    x = grid.reshape(grid.shape[0], -1, grid.shape[3])
                     if i in take_indices:
                         feature = self.norm(grid) if norm else grid
                         intermediates.append(feature.permute(0, 3, 1, 2).contiguous())
@@ -160,6 +136,30 @@ class AnchoredTwins(Twins):
         if intermediates_only:
             return intermediates
         return x, intermediates
+
+    def _stage(self, x: torch.Tensor, stage: int) -> torch.Tensor:
+        """Stage ``stage``: anchored embedding, anchor the grid, blocks, roll back to the input's frame.
+
+        Shape:
+            - x: :math:`(B, C, H, W)`
+            - output: :math:`(B, H', W', C')`, the stage's token grid
+        """
+        batch = x.shape[0]
+        for i, (embed, drop, blocks, pos_blk) in enumerate(
+            zip(self.patch_embeds, self.pos_drops, self.blocks, self.pos_block)  # noqa: B905 (TorchScript)
+        ):
+            if i == stage:  # (TorchScript indexes module lists only by constants)
+                tokens, size = embed(x)
+                tokens = drop(tokens)
+                channels = tokens.shape[-1]
+                grid, offsets = self._anchor(tokens.reshape(batch, size[0], size[1], channels))
+                tokens = grid.reshape(batch, size[0] * size[1], channels)
+                for j, blk in enumerate(blocks):
+                    tokens = blk(tokens, size)
+                    if j == 0:
+                        tokens = pos_blk(tokens, size)  # position encoding after the first block, as in timm
+                return self._roll_back(tokens.reshape(batch, size[0], size[1], channels), offsets)
+        raise IndexError(f"Twins has {len(self.blocks)} stages, asked for stage {stage}")
 
     def _anchor(self, grid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The token grid rolled to its anchor with period = the whole grid, and the offsets.

@@ -156,6 +156,11 @@ def _phase_offsets(best: torch.Tensor, sh: int, sw: int) -> torch.Tensor:
     return torch.stack((torch.div(best, sw, rounding_mode="floor"), torch.remainder(best, sw)), dim=1)
 
 
+def _by_tables(x: torch.Tensor) -> bool:
+    """Whether rolls index cached tables: accelerator paths and compiled graphs, not ``torch.jit.trace``."""
+    return (not takes_host_paths(x) or torch.compiler.is_compiling()) and not torch.jit.is_tracing()
+
+
 def _phase_table(
     height: int, width: int, period: tuple[int, int], padding: tuple[int, int], device: torch.device
 ) -> torch.Tensor:
@@ -194,8 +199,7 @@ def _roll_to_phase(
         height, width = (x.shape[1], x.shape[2]) if channels_last else (x.shape[2], x.shape[3])
         out_h, out_w = height + 2 * padding[0], width + 2 * padding[1]
         small = period[0] * period[1] * out_h * out_w <= _PHASE_TABLE_ENTRIES
-        device_path = (not takes_host_paths(x) or torch.compiler.is_compiling()) and not torch.jit.is_tracing()
-        if small and device_path and x.dim() == 4:
+        if small and _by_tables(x) and x.dim() == 4:
             build = partial(_phase_table, height, width, period, padding, x.device)
             table = cached_table(("roll-phases", height, width, period, padding), x.device, build)
             index = table.index_select(0, phase)
@@ -212,7 +216,7 @@ def _roll(
     if not torch.jit.is_scripting():
         if fused.applies_to_roll(x, channels_last) and offsets.is_cpu:
             return fused.roll(x, offsets.contiguous(), channels_last, sign, padding)  # row copies (numba installed)
-        if (not takes_host_paths(x) or torch.compiler.is_compiling()) and not torch.jit.is_tracing():
+        if _by_tables(x):
             return _roll_by_tables(x, offsets, channels_last, sign, padding)
     ph, pw = padding
     if channels_last:
