@@ -421,9 +421,7 @@ def _anchored(
         - x: :math:`(B, C, H, W)`, or :math:`(B, H, W, C)` with ``channels_last=True``
         - output: :math:`(B, C, H + 2 p_h, W + 2 p_w)`, or :math:`(B, H + 2 p_h, W + 2 p_w, C)`
     """
-    if not torch.jit.is_scripting():  # noqa: SIM102 (TorchScript skips only this exact condition)
-        if fused.applies_to_energy(x, channels_last) and fused.applies_to_roll(x, channels_last):
-            return _roll(x, _anchor_offsets(x, sh, sw, energy, channels_last), channels_last, 1, padding)
+    # With the fused CPU kernels the energies and the roll each run fused inside these two calls.
     return _roll_to_phase(x, _anchor_phase(x, sh, sw, energy, channels_last), (sh, sw), channels_last, padding)
 
 
