@@ -10,7 +10,7 @@ from timm.models.twins import GlobalSubSampleAttn, LocallyGroupedAttn
 from torch import nn
 
 import equivit
-from equivit.convert_twins import AnchoredTwins
+from equivit.families.twins import AnchoredTwins
 from equivit.layers import AnchoredConv2d, AnchoredPatchEmbed, AnchoredPvtStage
 from equivit.testing import perturb_weights_
 

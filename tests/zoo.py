@@ -1,7 +1,8 @@
 """Small configurations of every family ``equivit.convert`` supports, shared by the robustness tests.
 
-``TINY`` entries are ``(timm name, timm keyword arguments, image size)``: small widths and depths,
-and an image size that is a small multiple of the converted model's period. ``NODE_CONFIGS`` are
+``TINY`` entries are ``(timm name, timm keyword arguments, image size)``, read from the examples of
+the registered families: small widths and depths, and an image size that is a small multiple of the
+converted model's period. ``NODE_CONFIGS`` are
 somewhat larger models with the FX nodes whose feature maps the FX and checkpoint tests read.
 """
 
@@ -12,47 +13,15 @@ import torch
 from torch import nn
 
 import equivit
+from equivit.registry import registered_families
 from equivit.testing import perturb_weights_
 
-_WIDE_HEADS = {"num_heads": (1, 1, 1, 1), "depths": (1, 1, 1, 1)}
-
 TINY: dict[str, tuple[str, dict[str, object], tuple[int, int]]] = {
-    "vit": (
-        "vit_tiny_patch16_224",
-        {"patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2, "img_size": (32, 48)},
-        (32, 48),
-    ),
-    "deit_distilled": (
-        "deit_tiny_distilled_patch16_224",
-        {"patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2, "img_size": 32},
-        (32, 32),
-    ),
-    "twins_pcpvt": (
-        "twins_pcpvt_small",
-        {"embed_dims": (16, 32, 32, 32), "sr_ratios": (2, 2, 1, 1), **_WIDE_HEADS},
-        (64, 96),
-    ),
-    "twins_svt": (
-        "twins_svt_small",
-        {"embed_dims": (16, 32, 32, 32), "sr_ratios": (2, 2, 1, 1), "wss": (2, 2, 2, 2), **_WIDE_HEADS},
-        (64, 64),
-    ),
-    "swin": (
-        "swin_tiny_patch4_window7_224",
-        {"embed_dim": 16, "window_size": 2, "img_size": (64, 128), **_WIDE_HEADS},
-        (64, 128),
-    ),
-    "swinv2": (
-        "swinv2_tiny_window8_256",
-        {"embed_dim": 16, "window_size": 2, "img_size": 64, **_WIDE_HEADS},
-        (64, 64),
-    ),
-    "pvt_v2": ("pvt_v2_b0", {"embed_dims": (16, 32, 32, 32), **_WIDE_HEADS}, (64, 96)),
-    "pvt_v2_li": ("pvt_v2_b2_li", {"embed_dims": (16, 32, 32, 32), **_WIDE_HEADS}, (224, 224)),
-    "resnet": ("resnet18", {"layers": (1, 1, 1, 1)}, (64, 96)),
-    "resnet_bottleneck": ("resnet26d", {"layers": (1, 1, 1, 1)}, (64, 64)),
-    "convnext": ("convnext_atto", {"depths": (1, 1, 1, 1), "dims": (16, 32, 32, 32)}, (64, 96)),
+    key: (example.model_name, dict(example.kwargs), example.image_size)
+    for family in registered_families()
+    for key, example in family.examples.items()
 }
+"""Every example of every registered family (``equivit.registry``), by test id."""
 
 
 def tiny_pair(family: str, seed: int = 0) -> tuple[nn.Module, nn.Module, torch.Tensor]:

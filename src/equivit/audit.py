@@ -7,21 +7,9 @@ from collections.abc import Iterable
 
 from torch import nn
 
-from equivit.layers import (
-    AnchoredBasicBlock,
-    AnchoredBottleneck,
-    AnchoredConv2d,
-    AnchoredGlobalSubSampleAttn,
-    AnchoredLocallyGroupedAttn,
-    AnchoredMaxPool2d,
-    AnchoredPatchEmbed,
-    AnchoredPatchMerging,
-    AnchoredPatchMergingV2,
-    AnchoredSpatialReductionAttn,
-    AnchoredSwinStage,
-    AnchoredSwinTransformerV2Stage,
-    CircularPosConv,
-)
+from equivit.layers.anchored_conv import AnchoredConv2d
+from equivit.layers.declare import declared_layers
+from equivit.registry import ModuleCheck, registered_families
 
 __all__ = ["equivariance_violations"]
 
@@ -36,40 +24,21 @@ _SAFE_NAMES = {
     "timm.layers": (
         "Mlp", "GluMlp", "SwiGLU", "SwiGLUPacked", "LayerScale", "DropPath", "LayerNorm", "RmsNorm", "PatchDropout",
         "AttentionPoolLatent", "ClassifierHead", "NormMlpClassifierHead", "SelectAdaptivePool2d",
+        # Attention over the set of tokens without position terms; norms of each position.
+        "Attention", "DiffAttention", "LayerNorm2d", "RmsNorm2d", "SimpleNorm", "SimpleNorm2d",
     ),
     # Global pools over the whole grid (the adaptive ones are checked for output size 1 below).
     "timm.layers.adaptive_avgmax_pool": (
         "FastAdaptiveAvgPool", "FastAdaptiveMaxPool", "FastAdaptiveAvgMaxPool", "FastAdaptiveCatAvgMaxPool",
     ),
-    "timm.models.vision_transformer": (
-        "VisionTransformer", "Attention", "Block", "ResPostBlock", "ParallelScalingBlock", "ParallelThingsBlock",
-        "LayerScale",
-    ),
-    "timm.models.deit": ("VisionTransformerDistilled",),
-    "timm.models.twins": ("Twins", "Block", "PosConv", "PatchEmbed"),
-    "timm.models.swin_transformer": ("SwinTransformer",),
-    "timm.models.swin_transformer_v2": ("SwinTransformerV2",),
-    "timm.models.pvt_v2": (
-        "PyramidVisionTransformerV2", "PyramidVisionTransformerStage", "Block", "MlpWithDepthwiseConv",
-        "OverlapPatchEmbed",
-    ),
-    # Containers; their convolutions and pools are checked one by one. GRN and the heads pool globally.
-    "timm.models.resnet": ("ResNet", "BasicBlock", "Bottleneck"),
-    "timm.models.convnext": ("ConvNeXt", "ConvNeXtStage", "ConvNeXtBlock"),
-    "timm.layers.grn": ("GlobalResponseNorm",),
-    "timm.layers.mlp": ("GlobalResponseNormMlp",),
     "timm.models._features": ("FeatureDictNet", "FeatureListNet", "FeatureGetterNet"),
-    "equivit.convert_vit": ("EquivariantVisionTransformerDistilled",),
 }  # fmt: skip
 
 
 def _safe_types() -> tuple[type, ...]:
-    found: list[type] = [
-        AnchoredConv2d, AnchoredGlobalSubSampleAttn, AnchoredLocallyGroupedAttn, AnchoredPatchEmbed, CircularPosConv,
-        AnchoredPatchMerging, AnchoredPatchMergingV2, AnchoredSpatialReductionAttn, AnchoredSwinStage,
-        AnchoredSwinTransformerV2Stage,
-        AnchoredBasicBlock, AnchoredBottleneck, AnchoredMaxPool2d,
-    ]  # fmt: skip
+    found: list[type] = [declaration.layer for declaration in declared_layers()]
+    for family in registered_families():
+        found += [*family.model_classes, *family.converted_classes, *family.accepted]
     for module_name, names in _SAFE_NAMES.items():
         module = importlib.import_module(module_name)
         found += [getattr(module, name) for name in names if isinstance(getattr(module, name, None), type)]
@@ -83,7 +52,7 @@ def _is_activation(module: nn.Module) -> bool:
 
 
 def _conv_problem(conv: nn.Conv2d) -> str | None:
-    if isinstance(conv, AnchoredConv2d):
+    if isinstance(conv, AnchoredConv2d):  # anchored with period = stride
         return None
     if tuple(conv.stride) != (1, 1):
         return f"strided convolution (stride {tuple(conv.stride)}) without anchoring"
@@ -93,16 +62,17 @@ def _conv_problem(conv: nn.Conv2d) -> str | None:
     return None
 
 
-def _module_problem(module: nn.Module, trusted: tuple[type, ...], safe: tuple[type, ...]) -> str | None:
-    timm_twins = importlib.import_module("timm.models.twins")
+def _family_checks() -> dict[type, ModuleCheck]:
+    return {cls: check for family in registered_families() for cls, check in family.checks.items()}
+
+
+def _module_problem(
+    module: nn.Module, trusted: tuple[type, ...], safe: tuple[type, ...], checks: dict[type, ModuleCheck]
+) -> str | None:
     if isinstance(module, nn.Conv2d):
         return _conv_problem(module)
-    if type(module) is timm_twins.LocallyGroupedAttn:
-        return "window attention without anchoring"
-    if type(module) is timm_twins.GlobalSubSampleAttn:
-        return None if module.sr is None else "sub-sampled keys/values without anchoring"
-    if type(module) is importlib.import_module("timm.models.pvt_v2").Attention:
-        return None if module.sr is None else "spatially reduced keys/values without anchoring"
+    if type(module) in checks:
+        return checks[type(module)](module)
     if isinstance(module, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)):
         size = module.output_size if isinstance(module.output_size, tuple) else (module.output_size,)
         return None if all(s == 1 for s in size) else f"adaptive pooling to {module.output_size} depends on position"
@@ -132,6 +102,7 @@ def equivariance_violations(model: nn.Module, trusted: Iterable[type] = ()) -> l
         ``(qualified name, type name, problem)`` for each module not accepted.
     """
     safe = _safe_types()
+    checks = _family_checks()
     trusted_types = tuple(trusted)
     # Children that an anchored layer runs on its anchored input (the reduction of an anchored
     # sub-sampled attention, the convolutions of an anchored residual block): covered, with
@@ -145,7 +116,7 @@ def equivariance_violations(model: nn.Module, trusted: Iterable[type] = ()) -> l
     for name, module in model.named_modules():
         if any(name == root or name.startswith(root + ".") for root in covered):
             continue
-        problem = _module_problem(module, trusted_types, safe)
+        problem = _module_problem(module, trusted_types, safe, checks)
         if problem is not None:
             problems.append((name or "(model)", type(module).__name__, problem))
     return problems

@@ -163,18 +163,19 @@ def format_table(rows: Sequence[CheckRow]) -> str:
 
 
 def _list_supported() -> str:
-    import timm
+    from equivit.registry import registered_families
 
-    import equivit
-
-    lines = ["Supported model classes (equivit.SUPPORTED):"]
-    lines += [f"  {name}: {what}" for name, what in equivit.SUPPORTED.items()]
-    lines.append("")
-    lines.append("Some timm names of each family:")
-    patterns = ("vit_*patch16*", "deit*", "twins_*", "swin_*", "swinv2_[!c]*", "pvt_v2_*", "resnet[0-9]*", "convnext_*")
-    for pattern in patterns:
-        names = timm.list_models(pattern)
-        lines.append(f"  {pattern}: {', '.join(names[:8])}{', ...' if len(names) > 8 else ''} ({len(names)} in all)")
+    lines = ["Model families equivit converts, with the timm names of each (equivit.registry):"]
+    total = 0
+    for family in registered_families():
+        names = family.model_names()
+        total += len(names)
+        lines.append(f"  {family.name}: {family.description} ({len(names)} names)")
+        lines.append(f"    {', '.join(names[:8])}{', ...' if len(names) > 8 else ''}")
+    lines.append(
+        f'{total} timm names in all; `python -c "import equivit.registry as r; print(r.supported_model_names())"` '
+        "prints every one."
+    )
     return "\n".join(lines)
 
 

@@ -5,122 +5,52 @@ from __future__ import annotations
 import copy
 import functools
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import timm
 import torch
-from timm.models.twins import Twins
-from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
+import equivit.families  # noqa: F401  (registers the built-in families)
 from equivit.audit import equivariance_violations
-from equivit.convert_twins import AnchoredTwins, convert_twins
-from equivit.convert_vit import (
-    EquivariantVisionTransformer,
-    EquivariantVisionTransformerDistilled,
-    convert_vision_transformer,
-    prefix_rows,
-    prefix_token_names,
-)
 from equivit.polyphase import Energy
+from equivit.registry import Family, SupportedView, family_named, family_of, registered_families
 from equivit.report import ConversionReport, UnsupportedModelError, install_input_check
 
 __all__ = ["SUPPORTED", "convert", "convert_state_dict", "create_model", "is_converted"]
 
 logger = logging.getLogger("equivit")
 
-SUPPORTED = {
-    "VisionTransformer": "ViT (vit_*) and DeiT (deit_*, deit3_*) built by timm's VisionTransformer",
-    "VisionTransformerDistilled": "DeiT with distillation token (deit_*_distilled_*)",
-    "Twins": "Twins-PCPVT and Twins-SVT (twins_*)",
-    "SwinTransformer": "Swin Transformer v1 (swin_*)",
-    "SwinTransformerV2": "Swin Transformer v2 (swinv2_*)",
-    "PyramidVisionTransformerV2": "PVT v2 (pvt_v2_b0 to b5 and the linear pvt_v2_b2_li)",
-    "ResNet": "ResNet (resnet*) with BasicBlock or Bottleneck",
-    "ConvNeXt": "ConvNeXt (convnext_*)",
-}
-
-Converter = Callable[[nn.Module, ConversionReport, Energy], None]
+SUPPORTED: Mapping[str, str] = SupportedView()
+"""Model class name -> what its family covers; read from the family registry (:mod:`equivit.registry`)."""
 
 
-def _converters() -> dict[type, tuple[str, Converter]]:
-    """Model class -> (family name, in-place converter). Imported lazily: one timm module each."""
-    from timm.models.convnext import ConvNeXt
-    from timm.models.deit import VisionTransformerDistilled
-    from timm.models.pvt_v2 import PyramidVisionTransformerV2
-    from timm.models.resnet import ResNet
-    from timm.models.swin_transformer import SwinTransformer
-    from timm.models.swin_transformer_v2 import SwinTransformerV2
-
-    from equivit.convert_cnn import convert_convnext, convert_resnet
-    from equivit.convert_pvt import convert_pvt_v2
-    from equivit.convert_swin import convert_swin
-
-    return {
-        VisionTransformer: ("vit", convert_vision_transformer),  # type: ignore[dict-item]
-        VisionTransformerDistilled: ("vit", convert_vision_transformer),  # type: ignore[dict-item]
-        EquivariantVisionTransformer: ("vit", convert_vision_transformer),  # type: ignore[dict-item]
-        EquivariantVisionTransformerDistilled: ("vit", convert_vision_transformer),  # type: ignore[dict-item]
-        Twins: ("twins", convert_twins),  # type: ignore[dict-item]
-        AnchoredTwins: ("twins", convert_twins),  # type: ignore[dict-item]
-        SwinTransformer: ("swin", convert_swin),  # type: ignore[dict-item]
-        SwinTransformerV2: ("swin", convert_swin),  # type: ignore[dict-item]
-        PyramidVisionTransformerV2: ("pvt_v2", convert_pvt_v2),  # type: ignore[dict-item]
-        ResNet: ("resnet", convert_resnet),  # type: ignore[dict-item]
-        ConvNeXt: ("convnext", convert_convnext),  # type: ignore[dict-item]
-    }
+def _a(word: str) -> str:
+    """``word`` with its indefinite article: "a ResNet", "an EfficientNet"."""
+    return f"{'an' if word[:1].lower() in 'aeiou' else 'a'} {word}"
 
 
-def _stage_types() -> dict[type, type]:
-    """Module class that marks a family inside timm's flattened ``features_only`` wrapper -> model class."""
-    from timm.models.convnext import ConvNeXt, ConvNeXtStage
-    from timm.models.pvt_v2 import PyramidVisionTransformerStage, PyramidVisionTransformerV2
-    from timm.models.resnet import BasicBlock, Bottleneck, ResNet
-    from timm.models.swin_transformer import SwinTransformer, SwinTransformerStage
-    from timm.models.swin_transformer_v2 import SwinTransformerV2, SwinTransformerV2Stage
-
-    return {
-        SwinTransformerStage: SwinTransformer,
-        SwinTransformerV2Stage: SwinTransformerV2,
-        PyramidVisionTransformerStage: PyramidVisionTransformerV2,
-        BasicBlock: ResNet,
-        Bottleneck: ResNet,
-        ConvNeXtStage: ConvNeXt,
-    }
-
-
-def _family(model: nn.Module) -> tuple[str, Converter, nn.Module]:
-    """(family, converter, the module to convert) for a model or timm's ``features_only`` wrapper of one."""
-    from timm.models._features import FeatureDictNet, FeatureGetterNet
+def _family(model: nn.Module) -> tuple[Family, nn.Module]:
+    """(family, the module to convert) for a model or timm's ``features_only`` wrapper of one."""
     from timm.models._features_fx import FeatureGraphNet
 
-    converters = _converters()
-    if isinstance(model, FeatureGetterNet):
-        inner = model.model
-        if type(inner) in converters:
-            return (*converters[type(inner)], inner)
-    elif isinstance(model, FeatureDictNet):
-        # FeatureListNet too: the model's children (flattened), run in order; the converters find
-        # their parts by type.
-        marks = _stage_types()
-        for module in model.modules():
-            if type(module) in marks:
-                return (*converters[marks[type(module)]], model)
-    elif type(model) in converters:
-        return (*converters[type(model)], model)
+    found = family_of(model)
+    if found is not None:
+        return found
     if isinstance(model, (FeatureGraphNet, torch.fx.GraphModule)):
         raise UnsupportedModelError(
-            f"equivit cannot convert a {type(model).__name__}: a graph traced by torch.fx has the stock "
+            f"equivit cannot convert {_a(type(model).__name__)}: a graph traced by torch.fx has the stock "
             "operations baked in. Convert the model first, then trace it: equivit.create_model(name, "
             "features_only=True, feature_cls='fx'), or equivit.fx.create_feature_extractor(equivit.convert(model), "
             "return_nodes)."
         )
-    supported = "\n".join(f"  - {name}: {what}" for name, what in SUPPORTED.items())
+    supported = "\n".join(f"  - {family.name}: {family.description}" for family in registered_families())
     raise UnsupportedModelError(
-        f"equivit cannot convert a {type(model).__name__}. Supported model classes (and timm's "
-        f"features_only wrappers of them):\n{supported}\n"
-        "For your own architecture, build it from equivit.layers and check it with equivit.testing."
+        f"equivit cannot convert {_a(type(model).__name__)}. Supported families (and timm's "
+        f"features_only wrappers of their models):\n{supported}\n"
+        "`equivit check --list` lists the timm names. For your own architecture, build it from equivit.layers, "
+        "register it as a family (equivit.registry.register_family) and check it with equivit.testing."
     )
 
 
@@ -189,9 +119,9 @@ def convert(
         return model if inplace else copy.deepcopy(model)
     trusted = tuple(trusted)
     target = model if inplace else copy.deepcopy(model)
-    family, converter, part = _family(target)
-    report = ConversionReport(family=family, input_multiple=(1, 1))
-    converter(part, report, energy)
+    family, part = _family(target)
+    report = ConversionReport(family=family.name, input_multiple=(1, 1))
+    family.convert(part, report, energy)
     problems = equivariance_violations(target, trusted)
     if problems:
         listed = "\n".join(f"  - {name} ({kind}): {problem}" for name, kind, problem in problems)
@@ -238,10 +168,11 @@ def create_model(model_name: str, pretrained: bool = False, *, energy: Energy = 
 def convert_state_dict(state_dict: Mapping[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
     """Map a stock timm state dict onto a converted model, for ``model.load_state_dict(..., strict=True)``.
 
-    Twins: returned unchanged (the keys already match). ViT and DeiT: the rows of ``pos_embed``
-    that belong to the prefix tokens are added to ``cls_token``, ``reg_token`` and ``dist_token``
-    (unless the model has ``no_embed_class``), ``pos_embed`` is dropped, and the new parameters
-    (``patch_embed.pos_conv.*``) are taken from ``model`` as it is.
+    Done by the family's mapping (:attr:`equivit.registry.Family.map_state_dict`). Twins, Swin,
+    PVT v2 and the CNNs: returned unchanged (the keys already match). ViT and DeiT: the rows of
+    ``pos_embed`` that belong to the prefix tokens are added to ``cls_token``, ``reg_token`` and
+    ``dist_token`` (unless the model has ``no_embed_class``), ``pos_embed`` is dropped, and the new
+    parameters (``patch_embed.pos_conv.*``) are taken from ``model`` as it is.
 
     Args:
         state_dict: A state dict of the stock model.
@@ -255,16 +186,5 @@ def convert_state_dict(state_dict: Mapping[str, torch.Tensor], model: nn.Module)
     """
     if not is_converted(model):
         raise ValueError("model was not converted by equivit.convert; load the state dict into the stock model")
-    mapped = dict(state_dict)
-    report: ConversionReport = model.equivit_report  # type: ignore[assignment]
-    if report.family != "vit":
-        return mapped
-    pos_embed = mapped.pop("pos_embed", None)
-    if pos_embed is not None and not model.no_embed_class:
-        sizes = {name: mapped[name].shape[1] for name in prefix_token_names(model)}  # type: ignore[arg-type]
-        for name, rows in prefix_rows(pos_embed, sizes).items():
-            mapped[name] = mapped[name] + rows.to(mapped[name].dtype)
-    own = model.state_dict()
-    for name in report.new_parameters:
-        mapped.setdefault(name, own[name])
-    return mapped
+    mapping = family_named(model.equivit_report.family).map_state_dict  # type: ignore[union-attr]
+    return dict(state_dict) if mapping is None else mapping(state_dict, model)

@@ -24,8 +24,8 @@ from timm.models._features_fx import FeatureGraphNet
 from timm.models._features_fx import create_feature_extractor as _timm_create_feature_extractor
 from torch import fx, nn
 
-from equivit import layers
 from equivit.layers.circular_conv import circular_conv2d
+from equivit.layers.declare import declared_layers
 from equivit.polyphase import Energy, anchor_offsets, anchor_scores, polyphase_anchor, polyphase_energy
 from equivit.report import ConversionReport, InputSizeCheck
 from equivit.roll import roll_from_anchor, roll_to_anchor
@@ -39,30 +39,15 @@ __all__ = [
     "register_fx_leaves",
 ]
 
-LEAF_MODULES: tuple[type[nn.Module], ...] = (
-    layers.AnchoredBasicBlock,
-    layers.AnchoredBottleneck,
-    layers.AnchoredConv2d,
-    layers.AnchoredGlobalSubSampleAttn,
-    layers.AnchoredLocallyGroupedAttn,
-    layers.AnchoredMaxPool2d,
-    layers.AnchoredPatchEmbed,
-    layers.AnchoredPatchMerging,
-    layers.AnchoredPatchMergingV2,
-    layers.AnchoredSpatialReductionAttn,
-    layers.CircularConv2d,
-    layers.CircularPosConv,
-    layers.CircularSwinTransformerBlock,
-    layers.CircularSwinTransformerV2Block,
-)
-"""Module classes that FX treats as single nodes (their forward depends on the data or checks sizes)."""
+LEAF_MODULES: tuple[type[nn.Module], ...] = tuple(d.layer for d in declared_layers() if d.fx == "leaf")
+"""equivit's layers that FX treats as single nodes (their forward depends on the data or checks sizes).
 
-TRACED_MODULES: tuple[type[nn.Module], ...] = (
-    layers.AnchoredPvtStage,
-    layers.AnchoredSwinStage,
-    layers.AnchoredSwinTransformerV2Stage,
-)
-"""Module classes that FX traces through: their forward calls only leaves and :data:`NOTRACE_FUNCTIONS`."""
+Read from the layers' declarations (:func:`equivit.layers.declare.equivariant_layer`), which also
+register each leaf with timm's FX registry, including layers declared after this module is imported.
+"""
+
+TRACED_MODULES: tuple[type[nn.Module], ...] = tuple(d.layer for d in declared_layers() if d.fx == "traced")
+"""equivit's layers that FX traces through: their forward calls only leaves and :data:`NOTRACE_FUNCTIONS`."""
 
 NOTRACE_FUNCTIONS: tuple[Callable[..., Any], ...] = (
     anchor_offsets,
@@ -77,14 +62,15 @@ NOTRACE_FUNCTIONS: tuple[Callable[..., Any], ...] = (
 
 
 def register_fx_leaves() -> None:
-    """Register :data:`LEAF_MODULES` and :data:`NOTRACE_FUNCTIONS` with timm's FX registry.
+    """Register every declared leaf layer and :data:`NOTRACE_FUNCTIONS` with timm's FX registry.
 
     Done on ``import equivit``; calling it again does nothing new (the registry is a set). After
     it, tracing a converted model with timm's FX tools stops at equivit's layers. A function is
     recorded as one call wherever a traced ``forward`` refers to it by a module-level name.
     """
-    for module in LEAF_MODULES:
-        register_notrace_module(module)
+    for declaration in declared_layers():
+        if declaration.fx == "leaf":
+            register_notrace_module(declaration.layer)
     for function in NOTRACE_FUNCTIONS:
         register_notrace_function(function)
 

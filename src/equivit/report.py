@@ -227,21 +227,24 @@ def _entry_check(module: nn.Module, args: tuple[torch.Tensor]) -> None:
         )
 
 
-# Families whose converted models map an empty batch to an empty output (the token models
-# reshape with an inferred size, undefined for zero elements; ViT and DeiT avoid it).
-_EMPTY_BATCH_FAMILIES = ("vit", "resnet", "convnext")
+def _empty_batch_ok(family: str) -> bool:
+    """Whether converted models of ``family`` map an empty batch to an empty output (from the registry)."""
+    from equivit.registry import family_named
+
+    return family_named(family).empty_batch_ok
 
 
 def _entry_module(model: nn.Module, family: str) -> nn.Module:
     """The first module that receives the images (where the check is installed)."""
     from timm.models._features import FeatureDictNet, FeatureGetterNet
 
+    from equivit.registry import family_named
+
     if isinstance(model, FeatureDictNet):  # and FeatureListNet: runs its modules in order
         return next(iter(model.values()))
     if isinstance(model, FeatureGetterNet):
         model = model.model
-    path = {"twins": "patch_embeds.0", "resnet": "conv1", "convnext": "stem"}.get(family, "patch_embed")
-    return model.get_submodule(path)
+    return model.get_submodule(family_named(family).entry)
 
 
 def install_input_check(model: nn.Module, report: ConversionReport, model_name: str) -> nn.Module:
@@ -269,7 +272,7 @@ def install_input_check(model: nn.Module, report: ConversionReport, model_name: 
     entry.equivit_input_multiple = (int(report.input_multiple[0]), int(report.input_multiple[1]))
     entry.equivit_in_channels = int(report.in_channels or 0)
     entry.equivit_model_name = model_name
-    entry.equivit_empty_batch_ok = report.family in _EMPTY_BATCH_FAMILIES
+    entry.equivit_empty_batch_ok = _empty_batch_ok(report.family)
     if _entry_check not in entry._forward_pre_hooks.values():
         entry.register_forward_pre_hook(_entry_check)
     return entry
@@ -308,7 +311,7 @@ class InputSizeCheck:
         Returns:
             The hook.
         """
-        return cls(report.input_multiple, model_name, report.in_channels, report.family in _EMPTY_BATCH_FAMILIES)
+        return cls(report.input_multiple, model_name, report.in_channels, _empty_batch_ok(report.family))
 
     def __call__(self, module: nn.Module, args: tuple[object, ...]) -> None:
         """Check the first positional argument, if it is a tensor.

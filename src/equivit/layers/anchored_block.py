@@ -12,6 +12,7 @@ from torch import nn
 
 from equivit.layers.anchored_pool import keeps_grid
 from equivit.layers.circular_conv import CircularConv2d, make_circular
+from equivit.layers.declare import equivariant_layer
 from equivit.layers.pos_conv import make_conv_circular
 from equivit.layers.sharing import parent_method
 from equivit.polyphase import Energy, _polyphase_anchor
@@ -168,6 +169,7 @@ class _AnchoredBlock(nn.Module):
         return f"period={self.stride}, energy={self.energy}"
 
 
+@equivariant_layer(period="stride", anchored_children=("conv1", "downsample"))
 class AnchoredBasicBlock(_AnchoredBlock, BasicBlock):
     """timm ``BasicBlock`` that anchors its input once, for both the main path and the shortcut.
 
@@ -204,7 +206,6 @@ class AnchoredBasicBlock(_AnchoredBlock, BasicBlock):
         - output: :math:`(B, C_{out}, H / s, W / s)`
     """
 
-    equivit_anchored_children: ClassVar[tuple[str, ...]] = ("conv1", "downsample")
     timm_block: ClassVar[type[nn.Module]] = BasicBlock
     _timm_forward = parent_method(BasicBlock.forward, "_timm_forward")
 
@@ -212,6 +213,7 @@ class AnchoredBasicBlock(_AnchoredBlock, BasicBlock):
         return "AnchoredBasicBlock"
 
 
+@equivariant_layer(period="stride", anchored_children=("conv2", "downsample"))
 class AnchoredBottleneck(_AnchoredBlock, Bottleneck):
     r"""timm ``Bottleneck`` that anchors its input once, for both the main path and the shortcut.
 
@@ -246,7 +248,6 @@ class AnchoredBottleneck(_AnchoredBlock, Bottleneck):
         - output: :math:`(B, 4 \cdot planes, H / s, W / s)`
     """
 
-    equivit_anchored_children: ClassVar[tuple[str, ...]] = ("conv2", "downsample")
     timm_block: ClassVar[type[nn.Module]] = Bottleneck
     _timm_forward = parent_method(Bottleneck.forward, "_timm_forward")
 

@@ -7,12 +7,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from equivit.layers.circular_conv import CircularConv2d
+from equivit.layers.declare import equivariant_layer
 from equivit.layers.sharing import take_over
 from equivit.polyphase import Energy, _anchored, _polyphase_anchor
 
 __all__ = ["AnchoredConv2d"]
 
 
+@equivariant_layer(period="stride")
 class AnchoredConv2d(CircularConv2d):
     """``nn.Conv2d`` that rolls each sample to its polyphase anchor (period = stride) before convolving.
 

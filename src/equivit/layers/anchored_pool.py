@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from equivit.layers.declare import equivariant_layer
 from equivit.polyphase import Energy, _anchored, normalize_stride
 from equivit.report import shape_text
 
@@ -93,6 +94,7 @@ def separable_max_pool2d(
     return pooled
 
 
+@equivariant_layer(period="stride")
 class AnchoredMaxPool2d(nn.MaxPool2d):
     """``nn.MaxPool2d`` that anchors its input (period = stride) and pads circularly.
 

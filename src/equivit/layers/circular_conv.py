@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from equivit.device_paths import takes_host_paths
+from equivit.layers.declare import equivariant_layer
 from equivit.layers.sharing import parent_method
 from equivit.tables import cached_table
 
@@ -198,6 +199,7 @@ def circular_conv2d(
     return out
 
 
+@equivariant_layer(period="")
 class CircularConv2d(nn.Conv2d):
     """``nn.Conv2d`` whose ``padding_mode="circular"`` runs as :func:`circular_conv2d`.
 

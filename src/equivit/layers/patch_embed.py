@@ -9,12 +9,14 @@ from timm.layers import Format, PatchEmbed, nchw_to
 from torch import nn
 
 from equivit.layers.anchored_conv import AnchoredConv2d
+from equivit.layers.declare import equivariant_layer
 from equivit.layers.pos_conv import CircularPosConv
 from equivit.polyphase import Energy
 
 __all__ = ["AnchoredPatchEmbed"]
 
 
+@equivariant_layer(period="stride")
 class AnchoredPatchEmbed(PatchEmbed):
     """timm ``PatchEmbed`` whose projection is anchored, followed by an optional circular PEG.
 

@@ -6,6 +6,7 @@ import torch
 from timm.models import swin_transformer, swin_transformer_v2
 from torch import nn
 
+from equivit.layers.declare import equivariant_layer
 from equivit.layers.sharing import parent_method, retype
 from equivit.polyphase import Energy, _polyphase_anchor
 
@@ -35,6 +36,7 @@ class _AnchorFirst(nn.Module):
         raise NotImplementedError
 
 
+@equivariant_layer(period="stride")
 class AnchoredPatchMerging(_AnchorFirst, swin_transformer.PatchMerging):
     r"""timm's Swin ``PatchMerging`` that anchors its token grid with period 2 first.
 
@@ -53,6 +55,7 @@ class AnchoredPatchMerging(_AnchorFirst, swin_transformer.PatchMerging):
     _timm_forward = parent_method(swin_transformer.PatchMerging.forward, "_timm_forward")
 
 
+@equivariant_layer(period="stride")
 class AnchoredPatchMergingV2(_AnchorFirst, swin_transformer_v2.PatchMerging):
     r"""Swin v2's ``PatchMerging`` (projection before the norm), anchored as :class:`AnchoredPatchMerging`.
 

@@ -6,10 +6,12 @@ import torch
 from torch import nn
 
 from equivit.layers.circular_conv import CircularConv2d, make_circular
+from equivit.layers.declare import equivariant_layer
 
 __all__ = ["CircularPosConv", "make_conv_circular"]
 
 
+@equivariant_layer(period="")
 class CircularPosConv(nn.Module):
     """``x + depthwise_conv(x)``, with circular padding: a positional encoding that commutes with rolls.
 

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
-
 import torch
 from timm.models._manipulate import checkpoint
 from timm.models.pvt_v2 import MlpWithDepthwiseConv, OverlapPatchEmbed, PyramidVisionTransformerStage
 from torch import nn
 
 from equivit.layers.anchored_conv import AnchoredConv2d
+from equivit.layers.declare import equivariant_layer
 from equivit.layers.pos_conv import make_conv_circular
 from equivit.layers.sharing import retype
 from equivit.polyphase import Energy, _polyphase_anchor, polyphase_anchor
@@ -19,6 +18,7 @@ from equivit.roll import _roll, roll_from_anchor
 __all__ = ["AnchoredPvtStage", "anchored_pvt_stage"]
 
 
+@equivariant_layer(period="grid", anchored_children=("blocks",), fx="traced")
 class AnchoredPvtStage(PyramidVisionTransformerStage):
     r"""timm's PVT v2 stage whose blocks see the token grid from an origin chosen by content.
 
@@ -41,8 +41,6 @@ class AnchoredPvtStage(PyramidVisionTransformerStage):
         - x: :math:`(B, C', H', W')` with a downsampling embedding, else :math:`(B, H, W, C)`
         - output: :math:`(B, C, H, W)`, in ``torch.channels_last`` memory format
     """
-
-    equivit_anchored_children: ClassVar[tuple[str, ...]] = ("blocks",)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Embed (anchored), roll the grid to its content-chosen origin, run the blocks, roll back.

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
-
 import torch
 import torch.nn.functional as F
 from timm.models.pvt_v2 import Attention
 
+from equivit.layers.declare import equivariant_layer
 from equivit.layers.key_order import canonical_token_order
 from equivit.layers.sharing import retype
 from equivit.polyphase import Energy, _polyphase_anchor
@@ -15,6 +14,7 @@ from equivit.polyphase import Energy, _polyphase_anchor
 __all__ = ["AnchoredSpatialReductionAttn"]
 
 
+@equivariant_layer(period="stride", anchored_children=("sr", "pool"))
 class AnchoredSpatialReductionAttn(Attention):
     r"""PVT v2's ``Attention`` whose key/value reduction is anchored.
 
@@ -37,8 +37,6 @@ class AnchoredSpatialReductionAttn(Attention):
         - x: :math:`(B, H \cdot W, C)` with ``feat_size = (H, W)``
         - output: :math:`(B, H \cdot W, C)`
     """
-
-    equivit_anchored_children: ClassVar[tuple[str, ...]] = ("sr", "pool")
 
     @classmethod
     def from_timm(cls, module: Attention, *, energy: Energy = "l1") -> AnchoredSpatialReductionAttn:

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
-
 import torch
 import torch.nn.functional as F
 from timm.models.twins import GlobalSubSampleAttn
 
+from equivit.layers.declare import equivariant_layer
 from equivit.layers.key_order import canonical_token_order
 from equivit.layers.sharing import take_over
 from equivit.polyphase import Energy, _polyphase_anchor
@@ -15,6 +14,7 @@ from equivit.polyphase import Energy, _polyphase_anchor
 __all__ = ["AnchoredGlobalSubSampleAttn"]
 
 
+@equivariant_layer(period="stride", anchored_children=("sr",))
 class AnchoredGlobalSubSampleAttn(GlobalSubSampleAttn):
     r"""Twins' ``GlobalSubSampleAttn`` whose key/value reduction is anchored.
 
@@ -42,8 +42,6 @@ class AnchoredGlobalSubSampleAttn(GlobalSubSampleAttn):
         - x: :math:`(B, H \cdot W, C)` with ``size = (H, W)``, ``H`` and ``W`` multiples of ``sr_ratio``
         - output: :math:`(B, H \cdot W, C)`
     """
-
-    equivit_anchored_children: ClassVar[tuple[str, ...]] = ("sr",)
 
     def __init__(
         self,

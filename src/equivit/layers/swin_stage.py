@@ -10,6 +10,7 @@ from timm.models.swin_transformer import SwinTransformerBlock, SwinTransformerSt
 from timm.models.swin_transformer_v2 import SwinTransformerV2Block, SwinTransformerV2Stage
 from torch import nn
 
+from equivit.layers.declare import equivariant_layer
 from equivit.layers.patch_merging import anchored_patch_merging
 from equivit.layers.sharing import parent_method, retype
 from equivit.polyphase import Energy, _polyphase_anchor, polyphase_anchor
@@ -53,6 +54,7 @@ class _CircularWindows(nn.Module):
         raise NotImplementedError
 
 
+@equivariant_layer(period="")
 class CircularSwinTransformerBlock(_CircularWindows, SwinTransformerBlock):
     r"""timm's ``SwinTransformerBlock`` on a torus: cyclic window shift, no mask, no padding.
 
@@ -93,6 +95,7 @@ class CircularSwinTransformerBlock(_CircularWindows, SwinTransformerBlock):
         return new
 
 
+@equivariant_layer(period="")
 class CircularSwinTransformerV2Block(_CircularWindows, SwinTransformerV2Block):
     r"""Swin v2's block (post-norm, continuous position bias) on a torus, as :class:`CircularSwinTransformerBlock`.
 
@@ -107,7 +110,6 @@ class CircularSwinTransformerV2Block(_CircularWindows, SwinTransformerV2Block):
 class _AnchoredWindows(nn.Module):
     """Merge (anchored), anchor the grid with period = window, run the blocks, roll back."""
 
-    equivit_anchored_children: ClassVar[tuple[str, ...]] = ("downsample", "blocks")
     __jit_unused_properties__: ClassVar[list[str]] = ["window_size"]  # TorchScript reads _scripted_window
 
     @property
@@ -149,6 +151,7 @@ class _AnchoredWindows(nn.Module):
         return size
 
 
+@equivariant_layer(period="window", anchored_children=("downsample", "blocks"), fx="traced")
 class AnchoredSwinStage(_AnchoredWindows, SwinTransformerStage):
     r"""timm's ``SwinTransformerStage`` whose windows are placed by content.
 
@@ -167,6 +170,7 @@ class AnchoredSwinStage(_AnchoredWindows, SwinTransformerStage):
     """
 
 
+@equivariant_layer(period="window", anchored_children=("downsample", "blocks"), fx="traced")
 class AnchoredSwinTransformerV2Stage(_AnchoredWindows, SwinTransformerV2Stage):
     r"""Swin v2's stage, anchored as :class:`AnchoredSwinStage`.
 

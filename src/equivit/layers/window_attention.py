@@ -6,12 +6,14 @@ import torch
 import torch.nn.functional as F
 from timm.models.twins import LocallyGroupedAttn
 
+from equivit.layers.declare import equivariant_layer
 from equivit.layers.sharing import take_over
 from equivit.polyphase import Energy, _anchor_offsets
 
 __all__ = ["AnchoredLocallyGroupedAttn", "window_order_indices"]
 
 
+@equivariant_layer(period="window")
 class AnchoredLocallyGroupedAttn(LocallyGroupedAttn):
     r"""Twins' ``LocallyGroupedAttn`` with its windows placed by the content.
 

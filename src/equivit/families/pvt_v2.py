@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
-from timm.models.pvt_v2 import MlpWithDepthwiseConv, OverlapPatchEmbed, PyramidVisionTransformerStage
+from timm.models import pvt_v2 as timm_pvt_v2
+from timm.models.pvt_v2 import (
+    MlpWithDepthwiseConv,
+    OverlapPatchEmbed,
+    PyramidVisionTransformerStage,
+    PyramidVisionTransformerV2,
+)
 from torch import nn
 
 from equivit.layers import AnchoredConv2d, AnchoredPvtStage, anchored_pvt_stage
 from equivit.polyphase import Energy
+from equivit.registry import Example, Family
 from equivit.report import ConversionReport, UnsupportedModelError, lcm_pair
 
-__all__ = ["convert_pvt_v2"]
+__all__ = ["FAMILY", "convert_pvt_v2"]
 
 
 def _anchor_overlap_embed(embed: OverlapPatchEmbed, name: str, report: ConversionReport, energy: Energy) -> int:
@@ -69,3 +76,32 @@ def convert_pvt_v2(model: nn.Module, report: ConversionReport, energy: Energy) -
         elif isinstance(module, MlpWithDepthwiseConv):
             report.add(f"{name}.dwconv", "Conv2d, zero padding", "Conv2d, circular padding")
     report.input_multiple = multiple
+
+
+_WIDE_HEADS = {"num_heads": (1, 1, 1, 1), "depths": (1, 1, 1, 1)}
+
+FAMILY = Family(
+    name="pvt_v2",
+    description="PVT v2 (pvt_v2_b0 to b5 and the linear pvt_v2_b2_li)",
+    model_classes=(PyramidVisionTransformerV2,),
+    convert=convert_pvt_v2,
+    entry="patch_embed",
+    feature_markers=(PyramidVisionTransformerStage,),
+    accepted=(
+        PyramidVisionTransformerV2,
+        PyramidVisionTransformerStage,
+        timm_pvt_v2.Block,
+        MlpWithDepthwiseConv,
+        OverlapPatchEmbed,
+    ),
+    checks={
+        timm_pvt_v2.Attention: lambda module: (
+            None if module.sr is None else "spatially reduced keys/values without anchoring"
+        ),
+    },
+    timm_modules=("pvt_v2",),
+    examples={
+        "pvt_v2": Example("pvt_v2_b0", {"embed_dims": (16, 32, 32, 32), **_WIDE_HEADS}, (64, 96)),
+        "pvt_v2_li": Example("pvt_v2_b2_li", {"embed_dims": (16, 32, 32, 32), **_WIDE_HEADS}, (224, 224)),
+    },
+)

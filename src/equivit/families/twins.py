@@ -5,15 +5,17 @@ from __future__ import annotations
 from typing import ClassVar
 
 import torch
+from timm.models import twins as timm_twins
 from timm.models._features import feature_take_indices
 from timm.models.twins import LocallyGroupedAttn, Twins
 
 from equivit.layers import AnchoredConv2d, make_conv_circular
 from equivit.polyphase import Energy, _polyphase_anchor, polyphase_anchor
+from equivit.registry import Example, Family
 from equivit.report import ConversionReport, lcm_pair
 from equivit.roll import _roll, roll_from_anchor
 
-__all__ = ["AnchoredTwins", "convert_twins"]
+__all__ = ["FAMILY", "AnchoredTwins", "convert_twins"]
 
 
 class AnchoredTwins(Twins):
@@ -218,3 +220,33 @@ def convert_twins(model: Twins, report: ConversionReport, energy: Energy) -> Non
     model.__class__ = AnchoredTwins
     model.energy = energy
     report.input_multiple = multiple
+
+
+_WIDE_HEADS = {"num_heads": (1, 1, 1, 1), "depths": (1, 1, 1, 1)}
+
+FAMILY = Family(
+    name="twins",
+    description="Twins-PCPVT and Twins-SVT (twins_*)",
+    model_classes=(Twins,),
+    converted_classes=(AnchoredTwins,),
+    convert=convert_twins,  # type: ignore[arg-type]
+    entry="patch_embeds.0",
+    accepted=(Twins, timm_twins.Block, timm_twins.PosConv, timm_twins.PatchEmbed),
+    checks={
+        LocallyGroupedAttn: lambda module: "window attention without anchoring",
+        timm_twins.GlobalSubSampleAttn: lambda module: (
+            None if module.sr is None else "sub-sampled keys/values without anchoring"
+        ),
+    },
+    timm_modules=("twins",),
+    examples={
+        "twins_pcpvt": Example(
+            "twins_pcpvt_small", {"embed_dims": (16, 32, 32, 32), "sr_ratios": (2, 2, 1, 1), **_WIDE_HEADS}, (64, 96)
+        ),
+        "twins_svt": Example(
+            "twins_svt_small",
+            {"embed_dims": (16, 32, 32, 32), "sr_ratios": (2, 2, 1, 1), "wss": (2, 2, 2, 2), **_WIDE_HEADS},
+            (64, 64),
+        ),
+    },
+)

@@ -1,21 +1,27 @@
-"""Conversion of timm ``VisionTransformer`` and ``VisionTransformerDistilled`` (ViT, DeiT)."""
+"""The ViT family: timm ``VisionTransformer`` and ``VisionTransformerDistilled`` (ViT, DeiT, DeiT III)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 from timm.layers import PatchEmbed
+from timm.models import vision_transformer as timm_vit
 from timm.models.deit import VisionTransformerDistilled
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from equivit.layers import AnchoredPatchEmbed
 from equivit.polyphase import Energy
+from equivit.registry import Example, Family, types_named
 from equivit.report import ConversionReport, UnsupportedModelError
 
 __all__ = [
+    "FAMILY",
     "EquivariantVisionTransformer",
     "EquivariantVisionTransformerDistilled",
     "convert_vision_transformer",
+    "map_vit_state_dict",
     "prefix_rows",
     "prefix_token_names",
 ]
@@ -188,3 +194,70 @@ def convert_vision_transformer(model: VisionTransformer, report: ConversionRepor
     elif type(model) is VisionTransformer:
         model.__class__ = EquivariantVisionTransformer
         report.add("", name, "EquivariantVisionTransformer (no pos_embed add)")
+
+
+def map_vit_state_dict(state_dict: Mapping[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """Map a stock ViT or DeiT state dict onto its conversion.
+
+    The rows of ``pos_embed`` that belong to the prefix tokens are added to ``cls_token``,
+    ``reg_token`` and ``dist_token`` (unless the model has ``no_embed_class``), ``pos_embed`` is
+    dropped, and the new parameters (``patch_embed.pos_conv.*``) are taken from ``model`` as it is.
+
+    Args:
+        state_dict: A state dict of the stock model.
+        model: The converted model.
+
+    Returns:
+        A new state dict that loads strictly into ``model``.
+    """
+    mapped = dict(state_dict)
+    pos_embed = mapped.pop("pos_embed", None)
+    if pos_embed is not None and not model.no_embed_class:
+        sizes = {name: mapped[name].shape[1] for name in prefix_token_names(model)}  # type: ignore[arg-type]
+        for name, rows in prefix_rows(pos_embed, sizes).items():
+            mapped[name] = mapped[name] + rows.to(mapped[name].dtype)
+    own = model.state_dict()
+    for name in model.equivit_report.new_parameters:  # type: ignore[union-attr]
+        mapped.setdefault(name, own[name])
+    return mapped
+
+
+FAMILY = Family(
+    name="vit",
+    description="ViT (vit_*) and DeiT (deit_*, deit3_*) built by timm's VisionTransformer, distilled DeiT included",
+    model_classes=(VisionTransformer, VisionTransformerDistilled),
+    converted_classes=(EquivariantVisionTransformer, EquivariantVisionTransformerDistilled),
+    convert=convert_vision_transformer,  # type: ignore[arg-type]
+    entry="patch_embed",
+    # Blocks act on each token alone or attend over the set of tokens (no position terms). Read by
+    # name so that a timm version without one of them still imports.
+    accepted=(
+        *types_named(
+            timm_vit,
+            "VisionTransformer",
+            "Attention",
+            "Block",
+            "ResPostBlock",
+            "ParallelScalingBlock",
+            "ParallelThingsBlock",
+            "DiffParallelScalingBlock",
+            "LayerScale",
+        ),
+        VisionTransformerDistilled,
+    ),
+    timm_modules=("vision_transformer", "deit"),
+    empty_batch_ok=True,
+    map_state_dict=map_vit_state_dict,
+    examples={
+        "vit": Example(
+            "vit_tiny_patch16_224",
+            {"patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2, "img_size": (32, 48)},
+            (32, 48),
+        ),
+        "deit_distilled": Example(
+            "deit_tiny_distilled_patch16_224",
+            {"patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2, "img_size": 32},
+            (32, 32),
+        ),
+    },
+)

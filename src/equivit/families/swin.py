@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 from timm.layers import PatchEmbed
-from timm.models.swin_transformer import SwinTransformerStage
-from timm.models.swin_transformer_v2 import SwinTransformerV2Stage
+from timm.models.swin_transformer import SwinTransformer, SwinTransformerStage
+from timm.models.swin_transformer_v2 import SwinTransformerV2, SwinTransformerV2Stage
 from torch import nn
 
 from equivit.layers import AnchoredPatchEmbed, anchored_swin_stage
 from equivit.polyphase import Energy
+from equivit.registry import Example, Family
 from equivit.report import ConversionReport, UnsupportedModelError, lcm_pair
 
-__all__ = ["convert_swin"]
+__all__ = ["FAMILY", "convert_swin"]
 
 
 def convert_swin(model: nn.Module, report: ConversionReport, energy: Energy) -> None:
@@ -71,3 +72,27 @@ def convert_swin(model: nn.Module, report: ConversionReport, energy: Energy) -> 
             f"{type(anchored).__name__} (period {window[0]} x {window[1]}, cyclic windows without mask)",
         )
     report.input_multiple = multiple
+
+
+_WIDE_HEADS = {"num_heads": (1, 1, 1, 1), "depths": (1, 1, 1, 1)}
+
+FAMILY = Family(
+    name="swin",
+    description="Swin Transformer v1 (swin_*) and v2 (swinv2_*, not the swinv2_cr_* variant)",
+    model_classes=(SwinTransformer, SwinTransformerV2),
+    convert=convert_swin,
+    entry="patch_embed",
+    feature_markers=(SwinTransformerStage, SwinTransformerV2Stage),
+    accepted=(SwinTransformer, SwinTransformerV2),
+    timm_modules=("swin_transformer", "swin_transformer_v2"),
+    examples={
+        "swin": Example(
+            "swin_tiny_patch4_window7_224",
+            {"embed_dim": 16, "window_size": 2, "img_size": (64, 128), **_WIDE_HEADS},
+            (64, 128),
+        ),
+        "swinv2": Example(
+            "swinv2_tiny_window8_256", {"embed_dim": 16, "window_size": 2, "img_size": 64, **_WIDE_HEADS}, (64, 64)
+        ),
+    },
+)

@@ -1,0 +1,19 @@
+"""The families equivit converts, one module each; importing this package registers them.
+
+Each module ends with its :class:`~equivit.registry.Family` record, ``FAMILY``: the timm classes,
+the converter, the entry module, the ``features_only`` markers, the accepted module types, the
+timm names and small example configurations. See :mod:`equivit.registry` for registering a family
+from outside the package.
+"""
+
+from __future__ import annotations
+
+from equivit.families import convnext, pvt_v2, resnet, swin, twins, vit
+from equivit.registry import Family, register_family
+
+__all__ = ["BUILT_IN"]
+
+BUILT_IN: tuple[Family, ...] = tuple(
+    register_family(module.FAMILY, replace=True) for module in (vit, twins, swin, pvt_v2, resnet, convnext)
+)
+"""The families that ship with equivit, in the order they are listed."""

@@ -1,0 +1,112 @@
+"""The ResNet family: timm ``ResNet`` with ``BasicBlock`` or ``Bottleneck`` (resnet*, resnext*, wide_resnet*)."""
+
+from __future__ import annotations
+
+from timm.models.resnet import BasicBlock, Bottleneck, ResNet
+from torch import nn
+
+from equivit.cnn_policy import convert_sequence, pad_circularly
+from equivit.layers import AnchoredBasicBlock, AnchoredBottleneck
+from equivit.polyphase import Energy
+from equivit.registry import Example, Family
+from equivit.report import ConversionReport, UnsupportedModelError
+
+__all__ = ["FAMILY", "convert_resnet"]
+
+
+def _resnet_stages(model: nn.Module) -> list[str]:
+    """The ``layer1`` to ``layer4`` that ``model`` holds (a ``features_only`` wrapper may stop early)."""
+    return [stage for stage in _STAGES if isinstance(getattr(model, stage, None), nn.Sequential)]
+
+
+def _check_resnet(model: nn.Module) -> None:
+    blocks = [
+        (f"{stage}.{index}", block)
+        for stage in _resnet_stages(model)
+        for index, block in enumerate(getattr(model, stage))
+    ]
+    for name, block in blocks:
+        if type(block) not in (BasicBlock, Bottleneck):
+            raise UnsupportedModelError(
+                f"{name}: only timm's BasicBlock and Bottleneck are supported, got {type(block).__name__}"
+            )
+        if type(block.aa) is not nn.Identity:
+            raise UnsupportedModelError(
+                f"{name}: anti-aliasing layers (aa_layer={type(block.aa).__name__}) are not supported; they are "
+                "a different, approximate fix for shifts; build the model without aa_layer"
+            )
+        if block.se is not None:
+            raise UnsupportedModelError(
+                f"{name}: attention layers (attn_layer={type(block.se).__name__}) are not supported"
+            )
+        if type(block.drop_block) is not nn.Identity:
+            raise UnsupportedModelError(
+                f"{name}: DropBlock (drop_block_rate > 0) is not supported; build the model with drop_block_rate=0"
+            )
+
+
+_STAGES = ("layer1", "layer2", "layer3", "layer4")
+
+
+def convert_resnet(model: nn.Module, report: ConversionReport, energy: Energy) -> None:
+    """Make a timm ResNet shift-equivariant, in place. No parameter is added or renamed.
+
+    The stem's strided convolution (7x7 stride 2, or the first 3x3 of a deep stem) becomes an
+    :class:`~equivit.layers.AnchoredConv2d` with circular padding, the stem max pooling an
+    :class:`~equivit.layers.AnchoredMaxPool2d`, and every strided residual block an
+    :class:`~equivit.layers.AnchoredBasicBlock` or :class:`~equivit.layers.AnchoredBottleneck`,
+    which anchors its input once for both its main path and its downsample shortcut. Every other
+    padded convolution pads circularly. Deep stems (``resnet*c``, ``*d``, ``*s``...), average-pool
+    shortcuts (``avg_down``), a convolution in place of the stem pooling and dilated stages
+    (``output_stride`` 8 or 16) are handled. Anti-aliasing, attention (SE, ECA, ...) and DropBlock
+    layers are refused. ``report.input_multiple`` is the product of the strides (32).
+
+    Args:
+        model: The model, changed in place: a ``ResNet``, or timm's ``features_only`` wrapper of one.
+        report: Where the changes are recorded.
+        energy: Energy that picks the anchors.
+
+    Raises:
+        UnsupportedModelError: For the variants above that are not supported.
+    """
+    _check_resnet(model)
+    stride = convert_sequence(model, "conv1", "", report, energy)
+    stride *= convert_sequence(model, "maxpool", "", report, energy)
+    for stage in _resnet_stages(model):
+        for index, block in enumerate(getattr(model, stage)):
+            name = f"{stage}.{index}"
+            if block.stride == 1:
+                for path, module in block.named_modules():
+                    if isinstance(module, nn.Conv2d):
+                        pad_circularly(module, f"{name}.{path}", report)
+                continue
+            anchored = AnchoredBasicBlock if isinstance(block, BasicBlock) else AnchoredBottleneck
+            try:
+                getattr(model, stage)[index] = anchored.from_timm(block, energy=energy)
+            except ValueError as error:
+                raise UnsupportedModelError(f"{name}: {error}") from error
+            report.add(
+                name,
+                type(block).__name__,
+                f"{anchored.__name__} (period {block.stride}, one anchor for the main path and the shortcut, "
+                "circular padding)",
+            )
+            stride *= block.stride
+    report.input_multiple = (stride, stride)
+
+
+FAMILY = Family(
+    name="resnet",
+    description="ResNet (resnet*, resnext*, wide_resnet*) built by timm's ResNet with BasicBlock or Bottleneck",
+    model_classes=(ResNet,),
+    convert=convert_resnet,
+    entry="conv1",
+    feature_markers=(BasicBlock, Bottleneck),
+    accepted=(ResNet, BasicBlock, Bottleneck),
+    timm_modules=("resnet",),
+    empty_batch_ok=True,
+    examples={
+        "resnet": Example("resnet18", {"layers": (1, 1, 1, 1)}, (64, 96)),
+        "resnet_bottleneck": Example("resnet26d", {"layers": (1, 1, 1, 1)}, (64, 64)),
+    },
+)
