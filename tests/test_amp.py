@@ -15,7 +15,7 @@ from torch import nn
 
 from equivit.testing import load_photos
 from helpers import check_consistency
-from zoo import TINY, tiny_pair
+from zoo import ONE_PER_FAMILY, TINY, tiny_pair
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -55,7 +55,7 @@ def test_autocast_keeps_every_prediction(family: str, precision: str) -> None:
     )
 
 
-@pytest.mark.parametrize("family", ["vit", "twins_svt", "swin", "pvt_v2", "resnet", "convnext"])
+@pytest.mark.parametrize("family", ONE_PER_FAMILY)
 def test_bfloat16_weights_keep_every_prediction(family: str) -> None:
     """The whole model in bf16 (no autocast): features and anchors' inputs are bf16 throughout."""
     stock, converted, _ = tiny_pair(family)

@@ -9,12 +9,12 @@ import pytest
 import torch
 from torch import nn
 
-from zoo import TINY, tiny_pair
+from zoo import EMPTY_BATCH_OK, TINY, tiny_pair
 
 FAMILIES = list(TINY)
 NUM_CLASSES = 10  # of the zoo's models
 # Families that map an empty batch to an empty output; the others raise (as their stock models fail).
-EMPTY_OK = ["vit", "deit_distilled", "resnet", "resnet_bottleneck", "convnext"]
+EMPTY_OK = EMPTY_BATCH_OK
 
 
 @functools.cache

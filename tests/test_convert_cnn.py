@@ -147,6 +147,10 @@ def test_what_is_replaced() -> None:
         ("resnet18", {"output_stride": 16}, 16),  # dilated last stage
         ("resnet50", {"down_kernel_size": 3}, 32),  # 3x3 shortcut convolution
         ("resnext50_32x4d", {}, 32),
+        ("resnet18", {"aa_layer": BlurPool2d}, 32),  # anti-aliased blocks and stem, blur kept
+        ("resnet50", {"aa_layer": nn.AvgPool2d, "avg_down": True}, 32),  # 2x2 average pooling as the blur
+        ("resnet18", {"block_args": {"attn_layer": "se"}}, 32),  # squeeze-excitation
+        ("resnet26t", {"block_args": {"attn_layer": "eca"}}, 32),  # ECA (a Conv1d over channels)
         ("convnext_atto_ols", {}, 32),  # overlapping stem
         ("convnextv2_atto", {}, 32),  # global response norm
         ("convnext_atto", {"conv_mlp": True}, 32),
@@ -162,9 +166,6 @@ def test_variants(name: str, kwargs: dict[str, object], multiple: int) -> None:
 @pytest.mark.parametrize(
     ("name", "kwargs", "message"),
     [
-        ("resnet18", {"aa_layer": BlurPool2d}, r"layer2\.0: anti-aliasing layers \(aa_layer=BlurPool2d\)"),
-        ("resnet18", {"aa_layer": nn.AvgPool2d}, "anti-aliasing"),
-        ("resnet18", {"block_args": {"attn_layer": "se"}}, r"layer1\.0: attention layers \(attn_layer=SEModule\)"),
         ("resnet18", {"drop_block_rate": 0.1}, "DropBlock"),
         ("convnext_atto", {"output_stride": 16}, r"stages\.3\.downsample: dilated stages"),
     ],

@@ -16,7 +16,7 @@ from torch import nn
 
 from equivit.testing import load_photos, make_images
 from helpers import check_consistency
-from zoo import TINY, tiny_pair
+from zoo import ONE_PER_FAMILY, TINY, tiny_pair
 
 pytestmark = [
     pytest.mark.cuda,
@@ -73,7 +73,7 @@ def test_cuda_training_step_never_syncs(family: str) -> None:
     assert all(p.grad is not None for p in converted.parameters() if p.requires_grad)
 
 
-@pytest.mark.parametrize("family", ["vit", "twins_pcpvt", "swin", "pvt_v2", "resnet", "convnext"])
+@pytest.mark.parametrize("family", ONE_PER_FAMILY)
 def test_reduce_overhead_captures_cuda_graphs(family: str) -> None:
     from torch._dynamo.utils import counters
 

@@ -20,6 +20,16 @@ def test_own_model_example_in_convert_guide() -> None:
     exec(compile(blocks[0], "docs/convert.md", "exec"), {})  # raises if the model is not shift-invariant
 
 
+def test_family_registration_example_in_convert_guide() -> None:
+    blocks = [block for block in python_blocks("convert.md") if "register_family(" in block]
+    assert len(blocks) == 1
+    namespace: dict[str, object] = {}
+    exec(compile(blocks[0], "docs/convert.md", "exec"), namespace)  # raises if the model is not shift-invariant
+    from equivit.registry import registered_families
+
+    assert "small_net" not in {family.name for family in registered_families()}  # unregistered at its end
+
+
 @pytest.mark.parametrize("page", ["testing.md"])
 def test_testing_guide_examples(page: str) -> None:
     for block in python_blocks(page):

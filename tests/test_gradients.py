@@ -14,7 +14,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import equivit
 from equivit.layers import circular_conv2d
-from zoo import TINY, tiny_pair
+from zoo import ONE_PER_FAMILY, TINY, tiny_pair
 
 FAMILIES = list(TINY)
 SHIFT = (5, 11)  # not a multiple of any stride or window
@@ -62,7 +62,7 @@ def test_gradients_are_shift_invariant(family: str) -> None:
     assert moved > 1e-3 * max(g.abs().max() for g in stock_grads.values())
 
 
-@pytest.mark.parametrize("family", ["vit", "twins_svt", "swin", "pvt_v2", "resnet", "convnext"])
+@pytest.mark.parametrize("family", ONE_PER_FAMILY)
 def test_double_backward_through_the_model(family: str) -> None:
     """A gradient penalty (the norm of the image gradient) trains through every anchored layer.
 

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 import equivit
-from equivit.registry import registered_families
+from equivit.registry import family_named, registered_families
 from equivit.testing import perturb_weights_
 
 TINY: dict[str, tuple[str, dict[str, object], tuple[int, int]]] = {
@@ -22,6 +22,15 @@ TINY: dict[str, tuple[str, dict[str, object], tuple[int, int]]] = {
     for key, example in family.examples.items()
 }
 """Every example of every registered family (``equivit.registry``), by test id."""
+
+FAMILY_OF: dict[str, str] = {key: family.name for family in registered_families() for key in family.examples}
+"""The family of each example."""
+
+ONE_PER_FAMILY: list[str] = [next(iter(family.examples)) for family in registered_families() if family.examples]
+"""The first example of each family, for the slower tests."""
+
+EMPTY_BATCH_OK: list[str] = [key for key in TINY if family_named(FAMILY_OF[key]).empty_batch_ok]
+"""Examples whose converted models map an empty batch to an empty output."""
 
 
 def tiny_pair(family: str, seed: int = 0) -> tuple[nn.Module, nn.Module, torch.Tensor]:

@@ -34,15 +34,28 @@ _SAFE_NAMES = {
     "timm.models._features": ("FeatureDictNet", "FeatureListNet", "FeatureGetterNet"),
 }  # fmt: skip
 
+# Channel attention that pools over the whole grid first, then acts on the pooled channel vector
+# (squeeze-excitation, ECA): equivariant whatever is inside (ECA's Conv1d runs over channels).
+# Accepted with everything they hold.
+_GLOBAL_NAMES = {
+    "timm.layers": ("SEModule", "EffectiveSEModule", "EcaModule", "CecaModule"),
+    "timm.models._efficientnet_blocks": ("SqueezeExcite",),
+}
+
+
+def _named_types(table: dict[str, tuple[str, ...]]) -> tuple[type, ...]:
+    found: list[type] = []
+    for module_name, names in table.items():
+        module = importlib.import_module(module_name)
+        found += [getattr(module, name) for name in names if isinstance(getattr(module, name, None), type)]
+    return tuple(found)
+
 
 def _safe_types() -> tuple[type, ...]:
     found: list[type] = [declaration.layer for declaration in declared_layers()]
     for family in registered_families():
         found += [*family.model_classes, *family.converted_classes, *family.accepted]
-    for module_name, names in _SAFE_NAMES.items():
-        module = importlib.import_module(module_name)
-        found += [getattr(module, name) for name in names if isinstance(getattr(module, name, None), type)]
-    return tuple(found)
+    return (*found, *_named_types(_SAFE_NAMES))
 
 
 def _is_activation(module: nn.Module) -> bool:
@@ -112,6 +125,9 @@ def equivariance_violations(model: nn.Module, trusted: Iterable[type] = ()) -> l
         for name, module in model.named_modules()
         for child in getattr(type(module), "equivit_anchored_children", ())
     ]
+    # Global channel attention, with all it holds.
+    whole = _named_types(_GLOBAL_NAMES)
+    covered += [name for name, module in model.named_modules() if name and isinstance(module, whole)]
     problems = []
     for name, module in model.named_modules():
         if any(name == root or name.startswith(root + ".") for root in covered):

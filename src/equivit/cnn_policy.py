@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from timm.layers import BlurPool2d
 from torch import nn
 
-from equivit.layers import AnchoredConv2d, AnchoredMaxPool2d, make_conv_circular
+from equivit.layers import AnchoredConv2d, AnchoredDownsample, AnchoredMaxPool2d, make_conv_circular
 from equivit.layers.anchored_pool import keeps_grid
 from equivit.polyphase import Energy
 from equivit.report import ConversionReport, UnsupportedModelError
@@ -79,19 +80,23 @@ def convert_sequence(parent: nn.Module, child: str, prefix: str, report: Convers
         report.add(name, describe_conv(module), f"AnchoredConv2d (period {module.stride[0]}, circular padding)")
         return module.stride[0]
     if type(module) is nn.MaxPool2d:
+        # Stride 1 (the max pooling before an anti-aliased stem's blur): period 1, circular padding.
         stride = module.stride if isinstance(module.stride, int) else module.stride[0]
-        if stride == 1:
-            raise UnsupportedModelError(
-                f"{name}: stride-1 max pooling (an anti-aliased stem, aa_layer=...) is not supported"
-            )
         try:
             setattr(parent, child, AnchoredMaxPool2d.from_pool(module, energy=energy))
         except ValueError as error:
             raise UnsupportedModelError(f"{name}: {error}") from error
-        report.add(name, f"MaxPool2d {module.kernel_size} stride {stride}", f"AnchoredMaxPool2d (period {stride})")
+        after = f"AnchoredMaxPool2d (period {stride})" if stride > 1 else "AnchoredMaxPool2d (circular padding)"
+        report.add(name, f"MaxPool2d {module.kernel_size} stride {stride}", after)
         return stride
+    if isinstance(module, BlurPool2d) or type(module) is nn.AvgPool2d:
+        try:
+            anchored = AnchoredDownsample(module, energy=energy)
+        except (TypeError, ValueError) as error:
+            raise UnsupportedModelError(f"{name}: {error}") from error
+        setattr(parent, child, anchored)
+        report.add(name, type(module).__name__, f"AnchoredDownsample (period {anchored.stride}, circular padding)")
+        return anchored.stride
     if isinstance(module, nn.AvgPool2d | nn.MaxPool2d):
-        raise UnsupportedModelError(
-            f"{name}: {type(module).__name__} in the stem (anti-aliasing, aa_layer=...) is not supported"
-        )
+        raise UnsupportedModelError(f"{name}: {type(module).__name__} subclasses are not supported")
     return 1  # norms and activations act per position; the audit checks them

@@ -79,15 +79,16 @@ def test_constructor() -> None:
 
 def test_errors() -> None:
     downsample = downsample_conv(CHANNELS, 8, 1, stride=2)
-    with pytest.raises(ValueError, match="anti-aliasing"):
-        AnchoredBasicBlock(CHANNELS, 8, 2, downsample, aa_layer=nn.AvgPool2d)
-    with pytest.raises(ValueError, match="attention layers"):
-        AnchoredBottleneck(CHANNELS, 8, 2, downsample_conv(CHANNELS, 32, 1, stride=2), attn_layer="se")
+    with pytest.raises(ValueError, match="DropBlock"):
+        AnchoredBasicBlock(CHANNELS, 8, 2, downsample, drop_block=nn.Dropout2d)
+    with pytest.raises(ValueError, match=r"aa: a pooling .* must be one of .* have the block stride 2"):
+        AnchoredBasicBlock(CHANNELS, 8, 2, downsample, aa_layer=lambda channels, stride: nn.AvgPool2d(4, 4))
     with pytest.raises(ValueError, match=r"downsample\.0: a strided convolution .* padding \(0, 0\)"):
         AnchoredBasicBlock(CHANNELS, 8, 2, nn.Sequential(nn.Conv2d(CHANNELS, 8, 3, 2), nn.BatchNorm2d(8)))
     strided_conv1 = Bottleneck(CHANNELS, 8, 2, downsample_conv(CHANNELS, 32, 1, stride=2))
     strided_conv1.conv1.stride = (2, 2)
-    with pytest.raises(ValueError, match=r"conv1: a strided convolution .* must be one of \('conv2', 'downsample'\)"):
+    expected = r"conv1: a strided convolution .* must be one of \('conv2', 'aa', 'downsample'\)"
+    with pytest.raises(ValueError, match=expected):
         AnchoredBottleneck.from_timm(strided_conv1)
     with pytest.raises(ValueError, match="energy"):
         AnchoredBasicBlock(CHANNELS, 8, 2, downsample, energy="l3")  # type: ignore[arg-type]

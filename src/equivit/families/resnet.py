@@ -30,15 +30,6 @@ def _check_resnet(model: nn.Module) -> None:
             raise UnsupportedModelError(
                 f"{name}: only timm's BasicBlock and Bottleneck are supported, got {type(block).__name__}"
             )
-        if type(block.aa) is not nn.Identity:
-            raise UnsupportedModelError(
-                f"{name}: anti-aliasing layers (aa_layer={type(block.aa).__name__}) are not supported; they are "
-                "a different, approximate fix for shifts; build the model without aa_layer"
-            )
-        if block.se is not None:
-            raise UnsupportedModelError(
-                f"{name}: attention layers (attn_layer={type(block.se).__name__}) are not supported"
-            )
         if type(block.drop_block) is not nn.Identity:
             raise UnsupportedModelError(
                 f"{name}: DropBlock (drop_block_rate > 0) is not supported; build the model with drop_block_rate=0"
@@ -58,8 +49,11 @@ def convert_resnet(model: nn.Module, report: ConversionReport, energy: Energy) -
     which anchors its input once for both its main path and its downsample shortcut. Every other
     padded convolution pads circularly. Deep stems (``resnet*c``, ``*d``, ``*s``...), average-pool
     shortcuts (``avg_down``), a convolution in place of the stem pooling and dilated stages
-    (``output_stride`` 8 or 16) are handled. Anti-aliasing, attention (SE, ECA, ...) and DropBlock
-    layers are refused. ``report.input_multiple`` is the product of the strides (32).
+    (``output_stride`` 8 or 16) are handled. Squeeze-excitation and ECA layers pool over the whole
+    grid and are kept. Anti-aliased models (``aa_layer``: ``resnetblur*``, ``resnetaa*``) keep their
+    blur, made circular, on an anchored input: in the blocks, and in the stem as an
+    :class:`~equivit.layers.AnchoredDownsample` after a circular stride-1 max pooling. DropBlock
+    is refused. ``report.input_multiple`` is the product of the strides (32).
 
     Args:
         model: The model, changed in place: a ``ResNet``, or timm's ``features_only`` wrapper of one.
@@ -97,7 +91,10 @@ def convert_resnet(model: nn.Module, report: ConversionReport, energy: Energy) -
 
 FAMILY = Family(
     name="resnet",
-    description="ResNet (resnet*, resnext*, wide_resnet*) built by timm's ResNet with BasicBlock or Bottleneck",
+    description=(
+        "ResNet (resnet*, resnext*, wide_resnet*, SE/ECA variants seresnet*, ecaresnet*, resnetrs*, senet154, "
+        "anti-aliased resnetblur*, resnetaa*) built by timm's ResNet"
+    ),
     model_classes=(ResNet,),
     convert=convert_resnet,
     entry="conv1",
@@ -108,5 +105,7 @@ FAMILY = Family(
     examples={
         "resnet": Example("resnet18", {"layers": (1, 1, 1, 1)}, (64, 96)),
         "resnet_bottleneck": Example("resnet26d", {"layers": (1, 1, 1, 1)}, (64, 64)),
+        "resnet_blur": Example("resnetblur18", {"layers": (1, 1, 1, 1)}, (64, 96)),
+        "resnet_se_aa": Example("seresnetaa50d", {"layers": (1, 1, 1, 1)}, (64, 64)),
     },
 )

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from equivit.layers.anchored_block import AnchoredBasicBlock, AnchoredBottleneck
 from equivit.layers.anchored_conv import AnchoredConv2d
+from equivit.layers.anchored_downsample import AnchoredDownsample, make_pool_circular
 from equivit.layers.anchored_pool import AnchoredMaxPool2d, separable_max_pool2d
 from equivit.layers.circular_conv import CircularConv2d, circular_conv2d, make_circular
 from equivit.layers.key_order import canonical_token_order
@@ -29,6 +30,7 @@ __all__ = [
     "AnchoredBasicBlock",
     "AnchoredBottleneck",
     "AnchoredConv2d",
+    "AnchoredDownsample",
     "AnchoredGlobalSubSampleAttn",
     "AnchoredLocallyGroupedAttn",
     "AnchoredMaxPool2d",
@@ -50,5 +52,6 @@ __all__ = [
     "circular_conv2d",
     "make_circular",
     "make_conv_circular",
+    "make_pool_circular",
     "separable_max_pool2d",
 ]

@@ -7,9 +7,11 @@ import itertools
 from typing import Any, ClassVar, TypeVar
 
 import torch
+from timm.layers import BlurPool2d
 from timm.models.resnet import BasicBlock, Bottleneck
 from torch import nn
 
+from equivit.layers.anchored_downsample import make_pool_circular
 from equivit.layers.anchored_pool import keeps_grid
 from equivit.layers.circular_conv import CircularConv2d, make_circular
 from equivit.layers.declare import equivariant_layer
@@ -47,14 +49,12 @@ def _prepare(block: nn.Module, stride: int, anchored: tuple[str, ...], energy: s
         raise ValueError(f"energy must be 'l1' or 'l2', got {energy!r}")
     if not isinstance(stride, int) or stride < 1:
         raise ValueError(f"{name} needs a positive int stride, got {stride!r}")
-    if getattr(block, "se", None) is not None:
-        raise ValueError(f"{name} does not support attention layers (attn_layer), got {type(block.se).__name__}")
-    for extra in ("aa", "drop_block"):
-        module = getattr(block, extra, None)
-        if module is not None and type(module) is not nn.Identity:
-            raise ValueError(
-                f"{name} does not support {extra} layers (anti-aliasing or DropBlock), got {type(module).__name__}"
-            )
+    drop_block = getattr(block, "drop_block", None)
+    if drop_block is not None and type(drop_block) is not nn.Identity:
+        raise ValueError(
+            f"{name} does not support DropBlock (it drops blocks at positions fixed to the image), got "
+            f"{type(drop_block).__name__}; build the model with drop_block_rate=0"
+        )
     for path, module in block.named_modules():
         inside = any(path == root or path.startswith(root + ".") for root in anchored)
         if isinstance(module, nn.Conv2d):
@@ -74,6 +74,13 @@ def _prepare(block: nn.Module, stride: int, anchored: tuple[str, ...], energy: s
                     f"block stride {stride} and map H x W to H/{stride} x W/{stride}"
                 )
             make_circular(module)
+        elif isinstance(module, BlurPool2d):
+            if not inside or module.stride != stride:
+                raise ValueError(
+                    f"{name}.{path}: an anti-aliasing BlurPool2d (stride {module.stride}) must be one of {anchored} "
+                    f"and have the block stride {stride}"
+                )
+            make_pool_circular(module)
         elif isinstance(module, nn.AvgPool2d | nn.MaxPool2d):
             kernel, step, pad = module.kernel_size, module.stride, module.padding
             if not inside or step not in (stride, (stride, stride)) or not keeps_grid(kernel, step, pad):  # type: ignore[arg-type]
@@ -169,7 +176,7 @@ class _AnchoredBlock(nn.Module):
         return f"period={self.stride}, energy={self.energy}"
 
 
-@equivariant_layer(period="stride", anchored_children=("conv1", "downsample"))
+@equivariant_layer(period="stride", anchored_children=("conv1", "aa", "downsample"))
 class AnchoredBasicBlock(_AnchoredBlock, BasicBlock):
     """timm ``BasicBlock`` that anchors its input once, for both the main path and the shortcut.
 
@@ -180,6 +187,10 @@ class AnchoredBasicBlock(_AnchoredBlock, BasicBlock):
     stride) and the whole block runs on the anchored input, with circular padding in every
     convolution: a circular shift of the input gives an exact circular shift of the output (by
     the shift divided by the stride, when the shift is a multiple of the stride).
+
+    Anti-aliased blocks (``aa_layer``: ``conv1`` of stride 1, then a ``BlurPool2d`` or a 2 x 2
+    average pooling ``aa`` of stride ``s``) keep their blur, made circular, on the anchored input.
+    Squeeze-excitation and ECA layers (``attn_layer``) pool over the whole grid and are kept.
 
     The parameter names are those of timm's ``BasicBlock`` (``conv1``, ``bn1``, ``conv2``,
     ``bn2``, ``downsample.0``, ...), so stock state dicts load with ``strict=True``.
@@ -197,9 +208,9 @@ class AnchoredBasicBlock(_AnchoredBlock, BasicBlock):
             ``norm_layer``, ``drop_path``, ...).
 
     Raises:
-        ValueError: If the block has an attention, anti-aliasing or DropBlock layer, a convolution
-            that cannot be made circular, or a strided operator outside ``conv1`` and
-            ``downsample`` or one whose output is not the input size divided by the stride.
+        ValueError: If the block has a DropBlock layer, a convolution that cannot be made
+            circular, or a strided operator outside ``conv1``, ``aa`` and ``downsample`` or one
+            whose output is not the input size divided by the stride.
 
     Shape:
         - input: :math:`(B, C_{in}, H, W)`, ``H`` and ``W`` multiples of the stride
@@ -213,7 +224,7 @@ class AnchoredBasicBlock(_AnchoredBlock, BasicBlock):
         return "AnchoredBasicBlock"
 
 
-@equivariant_layer(period="stride", anchored_children=("conv2", "downsample"))
+@equivariant_layer(period="stride", anchored_children=("conv2", "aa", "downsample"))
 class AnchoredBottleneck(_AnchoredBlock, Bottleneck):
     r"""timm ``Bottleneck`` that anchors its input once, for both the main path and the shortcut.
 
@@ -222,7 +233,8 @@ class AnchoredBottleneck(_AnchoredBlock, Bottleneck):
     of stride ``s``, or 2x2 average pooling then 1x1 convolution). ``conv2`` sees the output of
     ``conv1``, not the block input, so anchoring the two paths each on its own input could pick
     different phases; here both run on the input anchored once with period ``s``, and every
-    convolution pads circularly.
+    convolution pads circularly. Anti-aliasing (``aa`` after ``conv2``), squeeze-excitation and
+    ECA layers are kept, as in :class:`AnchoredBasicBlock`.
 
     The parameter names are those of timm's ``Bottleneck``, so stock state dicts load with
     ``strict=True``.
@@ -239,9 +251,9 @@ class AnchoredBottleneck(_AnchoredBlock, Bottleneck):
             ``dilation``, ``act_layer``, ``norm_layer``, ``drop_path``, ...).
 
     Raises:
-        ValueError: If the block has an attention, anti-aliasing or DropBlock layer, a convolution
-            that cannot be made circular, or a strided operator outside ``conv2`` and
-            ``downsample`` or one whose output is not the input size divided by the stride.
+        ValueError: If the block has a DropBlock layer, a convolution that cannot be made
+            circular, or a strided operator outside ``conv2``, ``aa`` and ``downsample`` or one
+            whose output is not the input size divided by the stride.
 
     Shape:
         - input: :math:`(B, C_{in}, H, W)`, ``H`` and ``W`` multiples of the stride

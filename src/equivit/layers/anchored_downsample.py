@@ -1,0 +1,120 @@
+"""A parameter-free downsampling (average pooling, blur pooling) run on its input's polyphase anchor."""
+
+from __future__ import annotations
+
+import torch
+from timm.layers import BlurPool2d
+from torch import nn
+
+from equivit.layers.anchored_pool import keeps_grid
+from equivit.layers.declare import equivariant_layer
+from equivit.polyphase import Energy, _polyphase_anchor
+from equivit.report import shape_text
+
+__all__ = ["AnchoredDownsample", "make_pool_circular"]
+
+
+def _stride_of(pool: nn.Module) -> int:
+    stride = pool.stride
+    pair = (stride, stride) if isinstance(stride, int) else tuple(stride)
+    if len(pair) != 2 or pair[0] != pair[1] or int(pair[0]) < 1:
+        raise ValueError(f"{type(pool).__name__}: only square strides are supported, got {stride!r}")
+    return int(pair[0])
+
+
+def make_pool_circular(pool: nn.Module) -> nn.Module:
+    """Make a parameter-free pooling pad circularly (in place), or check that it does not pad.
+
+    ``BlurPool2d`` (timm's anti-aliasing filter) pads by reflection: its padding mode becomes
+    ``"circular"``. An ``nn.AvgPool2d`` must not pad (its zero padding marks the border, and
+    ``count_include_pad`` weighs border windows differently).
+
+    Args:
+        pool: A ``BlurPool2d`` or an ``nn.AvgPool2d``.
+
+    Returns:
+        ``pool``.
+
+    Raises:
+        TypeError: For another module type.
+        ValueError: If it does not map ``H x W`` to ``H/s x W/s`` or an average pooling pads.
+    """
+    stride = _stride_of(pool)
+    if isinstance(pool, BlurPool2d):
+        pad = pool.padding
+        if len(set(pad)) != 1 or not keeps_grid(pool.filt_size, stride, pad[0]):
+            raise ValueError(
+                f"BlurPool2d with filter {pool.filt_size}, stride {stride}, padding {pad} changes the grid"
+            )
+        pool.pad_mode = "circular"
+        return pool
+    if type(pool) is nn.AvgPool2d:
+        if pool.padding not in (0, (0, 0)) or pool.ceil_mode or not keeps_grid(pool.kernel_size, stride, 0):  # type: ignore[arg-type]
+            raise ValueError(
+                f"AvgPool2d with kernel {pool.kernel_size}, stride {pool.stride}, padding {pool.padding} and "
+                f"ceil_mode={pool.ceil_mode}: only poolings without padding that map H x W to H/s x W/s are supported"
+            )
+        return pool
+    raise TypeError(f"expected timm's BlurPool2d or nn.AvgPool2d, got {type(pool).__name__}")
+
+
+@equivariant_layer(period="stride", anchored_children=("pool",))
+class AnchoredDownsample(nn.Module):
+    """A parameter-free strided pooling that runs on its input rolled to the polyphase anchor (period = stride).
+
+    For the anti-aliased downsampling of timm's models (``aa_layer``: ``BlurPool2d``, or a 2 x 2
+    ``nn.AvgPool2d``): the blur is kept, and made circular, and the sampling phase is chosen from
+    content, so the output for a circularly shifted input is exactly a circular shift of the
+    unshifted output (by the shift divided by the stride, when that is whole; otherwise by some
+    roll). The pooling has no parameters and ``BlurPool2d``'s filter is a non-persistent buffer,
+    so wrapping it leaves state dicts unchanged.
+
+    Args:
+        pool: A ``BlurPool2d`` or an ``nn.AvgPool2d`` without padding (made circular in place).
+        energy: Energy that picks the anchor, ``"l1"`` (default) or ``"l2"``.
+
+    Raises:
+        TypeError: If ``pool`` is of another type.
+        ValueError: As :func:`make_pool_circular`, or for an unknown energy.
+
+    Shape:
+        - input: :math:`(B, C, H, W)`, ``H`` and ``W`` multiples of the stride
+        - output: :math:`(B, C, H / s, W / s)`
+    """
+
+    def __init__(self, pool: nn.Module, *, energy: Energy = "l1") -> None:
+        super().__init__()
+        if energy not in ("l1", "l2"):
+            raise ValueError(f"energy must be 'l1' or 'l2', got {energy!r}")
+        self.pool = make_pool_circular(pool)
+        self.stride = _stride_of(pool)
+        self.energy = energy
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Anchor ``x`` with period = stride, then pool.
+
+        Args:
+            x: Feature maps.
+
+        Returns:
+            The pooled maps.
+
+        Raises:
+            ValueError: If ``x`` is not 4-D or its size is not a positive multiple of the stride.
+        """
+        if x.dim() != 4:
+            raise ValueError(
+                f"AnchoredDownsample expects a 4-D tensor (B, C, H, W), got shape {shape_text(list(x.shape))}"
+            )
+        height, width = x.shape[2], x.shape[3]
+        if height == 0 or width == 0 or height % self.stride != 0 or width % self.stride != 0:
+            raise ValueError(
+                f"AnchoredDownsample: spatial size H x W = {height} x {width} of input shape "
+                f"{shape_text(list(x.shape))} is not a positive multiple of the stride {self.stride}"
+            )
+        anchored, _ = _polyphase_anchor(x, self.stride, self.stride, self.energy, False)
+        return self.pool(anchored)
+
+    def extra_repr(self) -> str:
+        """The anchoring period and energy."""
+        return f"period={self.stride}, energy={self.energy}"
