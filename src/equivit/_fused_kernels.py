@@ -126,19 +126,68 @@ def _sample_energy_planes(xs: np.ndarray, width: int, l1: bool, energies: np.nda
     _fold_columns(rows, energies)
 
 
+@_inline_helper
+def _halved_norm(token: np.ndarray, l1: bool, scratch: np.ndarray) -> np.floating:
+    """One position's norm with the channels summed by halves, as the plain path sums a ``(B, C, H, W)`` map.
+
+    ``v[i] += v[i + n // 2]`` for ``i < n // 2``, then ``v[0] += v[n - 1]`` if ``n`` is odd, then
+    ``n = n // 2``, until one value is left: the order of ``equivit.polyphase._position_norms``.
+    """
+    channels = token.shape[0]
+    for c in range(channels):
+        scratch[c] = abs(token[c]) if l1 else token[c] * token[c]
+    n = channels
+    while n > 1:
+        half = n // 2
+        for i in range(half):
+            scratch[i] += scratch[i + half]
+        if n % 2 == 1:
+            scratch[0] += scratch[2 * half]
+        n = half
+    return scratch[0]
+
+
 @_helper
-def _sample_energy_tokens(xs: np.ndarray, l1: bool, energies: np.ndarray) -> None:
-    """Energies of one ``(H, W, C)`` sample: each token's channels in eight lanes, halved, then float64."""
+def _sample_energy_token_halves(xs: np.ndarray, l1: bool, energies: np.ndarray) -> None:
+    """Energies of one ``(H, W, C)`` view of a ``(C, H, W)`` map held channels-last: halves, then float64.
+
+    The channels of each position are summed in the order the plain path uses for a ``(B, C, H, W)``
+    map (and the planes kernel): the same map gets the same energies whatever its memory layout.
+    """
+    height, width, channels = xs.shape
+    ph = energies.shape[0]
+    rows = np.zeros((ph, width), dtype=np.float64)
+    scratch = np.empty(max(1, channels), dtype=xs.dtype)
+    for h in range(height):
+        row = rows[h % ph]
+        for w in range(width):
+            row[w] += np.float64(_halved_norm(xs[h, w], l1, scratch))
+    _fold_columns(rows, energies)
+
+
+@_helper
+def _sample_energy_tokens(xs: np.ndarray, l1: bool, halves: bool, energies: np.ndarray) -> None:
+    """Energies of one ``(H, W, C)`` sample: each token's channels in eight lanes, halved, then float64.
+
+    With ``halves`` (a ``(C, H, W)`` map held channels-last): by halves instead, see
+    :func:`_sample_energy_token_halves`.
+    """
+    if halves:
+        _sample_energy_token_halves(xs, l1, energies)
+        return
     height, width, channels = xs.shape
     ph = energies.shape[0]
     full = channels // 8
     rows = np.zeros((ph, width), dtype=np.float64)
     lanes = np.zeros(8, dtype=xs.dtype)
+    # Of the input's dtype, so that the lanes keep it: ``token[0] * 0`` would be float64 (numba
+    # promotes a float32 times an integer literal), and float64 norms summed in float64 are not
+    # exact, so a shift, which reorders the sums, could change the energies in the last bits.
+    zero = lanes[0]
     for h in range(height):
         row = rows[h % ph]
         for w in range(width):
             token = xs[h, w]
-            zero = token[0] * 0  # of the input's dtype, so that the lanes keep it
             a0, a1, a2, a3, a4, a5, a6, a7 = zero, zero, zero, zero, zero, zero, zero, zero
             for k in range(full):
                 t = token[8 * k : 8 * k + 8]
@@ -248,10 +297,10 @@ def energy_planes(x: np.ndarray, width: int, l1: bool, out: np.ndarray) -> None:
         _sample_energy_planes(x[b], width, l1, out[b])
 
 
-def energy_tokens(x: np.ndarray, l1: bool, out: np.ndarray) -> None:
+def energy_tokens(x: np.ndarray, l1: bool, halves: bool, out: np.ndarray) -> None:
     """Energies of every sample of a ``(B, H, W, C)`` batch into ``out`` ``(B, ph, pw)``."""
     for b in numba.prange(x.shape[0]):
-        _sample_energy_tokens(x[b], l1, out[b])
+        _sample_energy_tokens(x[b], l1, halves, out[b])
 
 
 @_inline_helper
@@ -310,6 +359,7 @@ def anchor_planes(
 def anchor_tokens(
     x: np.ndarray,
     l1: bool,
+    halves: bool,
     energies: np.ndarray,
     offsets: np.ndarray,
     done: np.ndarray,
@@ -318,7 +368,7 @@ def anchor_tokens(
     """Energies of each ``(H, W, C)`` sample of tokens, and its roll to the anchor when the largest is unique."""
     height, width, channels = x.shape[1], x.shape[2], x.shape[3]
     for b in numba.prange(x.shape[0]):
-        _sample_energy_tokens(x[b], l1, energies[b])
+        _sample_energy_tokens(x[b], l1, halves, energies[b])
         if _take_unique_anchor(energies, b, offsets, done):
             length = width * channels
             flat = x[b].reshape(1, height * length)

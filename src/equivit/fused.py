@@ -16,10 +16,11 @@ one index per element for the roll. With `numba <https://numba.pydata.org>`_ ins
 For ``(B, C, H, W)`` maps the channel sums are the eager path's (elementwise adds of channel
 halves), so the per-position norms are bit-identical to it, and so are the energies wherever
 their float64 sums are exact (the headroom in :mod:`equivit.polyphase`), hence the anchors.
-For token maps (channels contiguous) they are summed in eight lanes then halved, which differs
-from the eager path's ``sum`` in the last bits: the choice of anchor can differ between the two only where two phases'
-energies agree to about ``1e-7``, as it already can between the eager, compiled and GPU paths.
-
+For token maps (channels contiguous) they are summed in eight lanes then halved, in float32,
+which differs from the eager path's ``sum`` in the last bits: the choice of anchor can differ
+between the two only where two phases' energies agree to about ``1e-7``, as it already can between
+the eager, compiled and GPU paths. A ``(B, C, H, W)`` map held channels-last is summed by halves, as
+when it is held contiguous, so its anchors do not depend on its memory layout.
 The kernels run only in eager mode on the CPU, for contiguous maps, and only where no gradient is
 needed through the roll (inference); training, ``torch.compile``, ``torch.export``, TorchScript and
 tracing keep the plain tensor ops. Energies need float32 or float64 input (bfloat16 and float16
@@ -182,7 +183,9 @@ def energy(x: torch.Tensor, ph: int, pw: int, l1: bool, channels_last: bool) -> 
         planes = data.view(batch, channels, height * width)
         _run("energy_planes", data.numel(), planes.numpy(), width, l1, out.numpy())
     else:
-        _run("energy_tokens", data.numel(), _tokens(data, channels_last).numpy(), l1, out.numpy())
+        # A (B, C, H, W) map held channels-last: its channels by halves, as when held contiguous.
+        halves = not channels_last
+        _run("energy_tokens", data.numel(), _tokens(data, channels_last).numpy(), l1, halves, out.numpy())
     return out
 
 
@@ -256,5 +259,5 @@ def anchor(
         return rolled, offsets, energies, done
     tokens = _tokens(data, channels_last)
     rolled = torch.empty(tokens.shape, dtype=x.dtype)
-    _run("anchor_tokens", data.numel(), tokens.numpy(), l1, *results, rolled.numpy())
+    _run("anchor_tokens", data.numel(), tokens.numpy(), l1, not channels_last, *results, rolled.numpy())
     return (rolled if channels_last else rolled.permute(0, 3, 1, 2)), offsets, energies, done
