@@ -14,7 +14,7 @@ from torch import nn
 
 import equivit
 from equivit.registry import family_named, registered_families
-from equivit.testing import perturb_weights_
+from equivit.testing import calibrate_batch_norms_, load_photos, perturb_weights_
 
 TINY: dict[str, tuple[str, dict[str, object], tuple[int, int]]] = {
     key: (example.model_name, dict(example.kwargs), example.image_size)
@@ -34,17 +34,27 @@ EMPTY_BATCH_OK: list[str] = [key for key in TINY if family_named(FAMILY_OF[key])
 
 
 def tiny_pair(family: str, seed: int = 0) -> tuple[nn.Module, nn.Module, torch.Tensor]:
-    """A trained-looking tiny stock model, its conversion (both in eval mode) and a batch of two images.
+    """A trained-looking tiny stock model, its conversion (both in eval mode) and a batch of two real photos.
+
+    Trained-looking: norms and embeddings perturbed (``perturb_weights_``), batch-norm statistics of
+    real photos (``calibrate_batch_norms_``), for the stock model and, after conversion, for the
+    converted one.
 
     Shape:
         - images: :math:`(2, 3, H, W)`
     """
     name, kwargs, size = TINY[family]
     torch.manual_seed(seed)
-    stock = perturb_weights_(timm.create_model(name, pretrained=False, num_classes=10, **kwargs), seed=seed).eval()
+    stock = perturb_weights_(timm.create_model(name, pretrained=False, num_classes=10, **kwargs), seed=seed)
+    calibrate_batch_norms_(stock, load_photos(size)[:8]).eval()
     converted = equivit.convert(stock).eval()
     perturb_weights_(converted, seed=seed, only=converted.equivit_report.new_parameters)
-    images = torch.randn(2, 3, *size, generator=torch.Generator().manual_seed(seed))
+    photos = load_photos(size)
+    # Circular padding changes what a convolution sees on grids near its kernel size (MixNet's 9 x 9
+    # kernels on a 2 x 2 grid wrap many times): the converted model gets its own statistics, as
+    # fine-tuning would give it, so that its activations keep their scale.
+    calibrate_batch_norms_(converted, photos[:8]).eval()
+    images = torch.roll(photos, -2 * seed, dims=0)[:2].clone()
     return stock, converted, images
 
 

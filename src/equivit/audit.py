@@ -26,6 +26,14 @@ _SAFE_NAMES = {
         "AttentionPoolLatent", "ClassifierHead", "NormMlpClassifierHead", "SelectAdaptivePool2d",
         # Attention over the set of tokens without position terms; norms of each position.
         "Attention", "DiffAttention", "LayerNorm2d", "RmsNorm2d", "SimpleNorm", "SimpleNorm2d",
+        # Norms with an activation, containers of a convolution, a norm and an activation (each
+        # checked on its own), per-channel scales, 1x1-convolution MLPs.
+        "BatchNormAct2d", "SyncBatchNormAct", "FrozenBatchNorm2d", "FrozenBatchNormAct2d", "GroupNormAct",
+        "GroupNorm1Act", "LayerNormAct", "LayerNormAct2d", "ConvNormAct", "ConvNormActAa", "LayerScale2d",
+        "ConvMlp",
+        # EvoNorm: per-position terms and statistics over the whole grid (or the batch).
+        "EvoNorm2dB0", "EvoNorm2dB1", "EvoNorm2dB2", "EvoNorm2dS0", "EvoNorm2dS0a", "EvoNorm2dS1", "EvoNorm2dS1a",
+        "EvoNorm2dS2", "EvoNorm2dS2a",
     ),
     # Global pools over the whole grid (the adaptive ones are checked for output size 1 below).
     "timm.layers.adaptive_avgmax_pool": (
@@ -38,7 +46,7 @@ _SAFE_NAMES = {
 # (squeeze-excitation, ECA): equivariant whatever is inside (ECA's Conv1d runs over channels).
 # Accepted with everything they hold.
 _GLOBAL_NAMES = {
-    "timm.layers": ("SEModule", "EffectiveSEModule", "EcaModule", "CecaModule"),
+    "timm.layers": ("SEModule", "EffectiveSEModule", "EcaModule", "CecaModule", "GlobalContext"),
     "timm.models._efficientnet_blocks": ("SqueezeExcite",),
 }
 
@@ -123,7 +131,7 @@ def equivariance_violations(model: nn.Module, trusted: Iterable[type] = ()) -> l
     covered = [
         f"{name}.{child}" if name else child
         for name, module in model.named_modules()
-        for child in getattr(type(module), "equivit_anchored_children", ())
+        for child in getattr(module, "equivit_anchored_children", ())
     ]
     # Global channel attention, with all it holds.
     whole = _named_types(_GLOBAL_NAMES)

@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 from timm.layers import BlurPool2d
+from timm.layers.conv2d_same import Conv2dSame
+from timm.layers.mixed_conv2d import MixedConv2d
 from torch import nn
 
-from equivit.layers import AnchoredConv2d, AnchoredDownsample, AnchoredMaxPool2d, make_conv_circular
+from equivit.layers import (
+    AnchoredConv2d,
+    AnchoredDownsample,
+    AnchoredMaxPool2d,
+    AnchoredMixedConv2d,
+    make_conv_circular,
+)
 from equivit.layers.anchored_pool import keeps_grid
 from equivit.polyphase import Energy
 from equivit.report import ConversionReport, UnsupportedModelError
@@ -17,6 +25,11 @@ def describe_conv(conv: nn.Conv2d) -> str:
     """A convolution in words, for the conversion report: ``"Conv2d 3x3 stride 2, padding (1, 1)"``."""
     k, s, p = tuple(conv.kernel_size), tuple(conv.stride), conv.padding
     return f"Conv2d {k[0]}x{k[1]} stride {s[0]}, padding {p if isinstance(p, str) else tuple(p)}"
+
+
+def _is_same_conv(conv: nn.Module) -> bool:
+    """Whether ``conv`` is timm's ``Conv2dSame`` (TensorFlow's "same" padding, computed per input)."""
+    return type(conv) is Conv2dSame
 
 
 def plain_conv(conv: nn.Module, name: str) -> nn.Conv2d:
@@ -36,6 +49,8 @@ def plain_conv(conv: nn.Module, name: str) -> nn.Conv2d:
 
 def anchored_conv(conv: nn.Module, name: str, energy: Energy) -> AnchoredConv2d:
     """A circular ``AnchoredConv2d`` that holds ``conv``'s parameters (period = stride)."""
+    if _is_same_conv(conv):
+        return AnchoredConv2d.from_same_conv(conv, energy=energy)  # type: ignore[arg-type]
     conv = plain_conv(conv, name)
     if not keeps_grid(conv.kernel_size, conv.stride, conv.padding, conv.dilation):  # type: ignore[arg-type]
         raise UnsupportedModelError(
@@ -46,7 +61,22 @@ def anchored_conv(conv: nn.Module, name: str, energy: Energy) -> AnchoredConv2d:
 
 
 def pad_circularly(conv: nn.Module, name: str, report: ConversionReport) -> None:
-    """Stride-1 convolution: circular padding in place (recorded only when it pads)."""
+    """Stride-1 convolution: circular padding in place (recorded only when it pads).
+
+    A stride-1 ``Conv2dSame`` with an odd reach pads as much on each side: it becomes a
+    :class:`~equivit.layers.CircularConv2d` with that padding (the same object and parameters).
+    """
+    if _is_same_conv(conv):
+        reach = [d * (k - 1) for d, k in zip(conv.dilation, conv.kernel_size, strict=True)]
+        if any(r % 2 for r in reach):
+            raise UnsupportedModelError(
+                f"{name}: a stride-1 'same' convolution with an even kernel pads unevenly; it is not supported"
+            )
+        conv.__class__ = nn.Conv2d
+        conv.padding = (reach[0] // 2, reach[1] // 2)
+        report.add(name, f"Conv2dSame {tuple(conv.kernel_size)}, dynamic zero padding", "same, circular padding")
+        make_conv_circular(conv)  # type: ignore[arg-type]
+        return
     conv = plain_conv(conv, name)
     if all(p == 0 for p in conv.padding):  # type: ignore[union-attr]
         return
@@ -76,8 +106,14 @@ def convert_sequence(parent: nn.Module, child: str, prefix: str, report: Convers
             return 1
         if module.stride[0] != module.stride[1]:
             raise UnsupportedModelError(f"{name}: non-square stride {tuple(module.stride)} is not supported")
-        setattr(parent, child, anchored_conv(module, name, energy))
-        report.add(name, describe_conv(module), f"AnchoredConv2d (period {module.stride[0]}, circular padding)")
+        anchored = anchored_conv(module, name, energy)
+        setattr(parent, child, anchored)
+        before = (
+            f"Conv2dSame {tuple(module.kernel_size)} stride {module.stride[0]}"
+            if _is_same_conv(module)
+            else (describe_conv(module))
+        )
+        report.add(name, before, f"AnchoredConv2d (period {module.stride[0]}, circular padding)")
         return module.stride[0]
     if type(module) is nn.MaxPool2d:
         # Stride 1 (the max pooling before an anti-aliased stem's blur): period 1, circular padding.
@@ -100,3 +136,76 @@ def convert_sequence(parent: nn.Module, child: str, prefix: str, report: Convers
     if isinstance(module, nn.AvgPool2d | nn.MaxPool2d):
         raise UnsupportedModelError(f"{name}: {type(module).__name__} subclasses are not supported")
     return 1  # norms and activations act per position; the audit checks them
+
+
+def _strided_pool(module: nn.Module) -> bool:
+    stride = getattr(module, "stride", 1)
+    return any(s != 1 for s in ((stride, stride) if isinstance(stride, int) else tuple(stride)))
+
+
+def convert_convolutions(
+    model: nn.Module, report: ConversionReport, energy: Energy, *, skip: tuple[type[nn.Module], ...] = ()
+) -> int:
+    """The generic CNN policy: anchor every strided convolution and pooling alone, pad every other circularly.
+
+    Valid for networks in which no residual shortcut spans a strided operator (EfficientNet,
+    MobileNet V2/V3/V4, MNASNet, LCNet...: their blocks skip only at stride 1). Each strided
+    ``nn.Conv2d`` becomes an :class:`~equivit.layers.AnchoredConv2d` (period = stride, circular
+    padding); each strided ``nn.MaxPool2d`` an :class:`~equivit.layers.AnchoredMaxPool2d`; each
+    strided blur or average pooling an :class:`~equivit.layers.AnchoredDownsample`; every stride-1
+    convolution that pads pads circularly. Modules of a type in ``skip`` (and what they hold) are
+    left alone (their converter handles them). What is left is for the audit to judge.
+
+    Args:
+        model: The model, changed in place.
+        report: Where the changes are recorded.
+        energy: Energy that picks the anchors.
+        skip: Module types not to enter.
+
+    Returns:
+        The product of the strides met (one axis; strides are square), for ``report.input_multiple``
+        of a chain-like network.
+
+    Raises:
+        UnsupportedModelError: For a convolution or pooling that cannot be made equivariant,
+            naming it.
+    """
+    stride = 1
+    skipped: list[str] = []
+    for name, module in list(model.named_modules()):
+        if any(name.startswith(root + ".") for root in skipped):
+            continue
+        if skip and isinstance(module, skip):
+            skipped.append(name)
+            continue
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        if isinstance(module, MixedConv2d) and not isinstance(module, AnchoredMixedConv2d):
+            skipped.append(name)  # its groups are converted with it
+            if all(tuple(conv.stride) == (1, 1) for conv in module.values()):
+                for key, conv in module.items():
+                    pad_circularly(conv, f"{name}.{key}", report)
+                continue
+            if any(_is_same_conv(conv) for conv in module.values()):
+                raise UnsupportedModelError(
+                    f"{name}: a strided MixedConv2d with 'same' padding (Conv2dSame groups) is not supported"
+                )
+            try:
+                anchored_mixed = AnchoredMixedConv2d.from_mixed(module, energy=energy)
+            except ValueError as error:
+                raise UnsupportedModelError(f"{name}: {error}") from error
+            setattr(parent, child, anchored_mixed)
+            report.add(name, "MixedConv2d", f"AnchoredMixedConv2d (period {anchored_mixed.stride}, one anchor)")
+            stride *= anchored_mixed.stride
+        elif isinstance(module, nn.Conv2d):
+            if isinstance(module, AnchoredConv2d):
+                continue
+            if tuple(module.stride) == (1, 1):
+                pad_circularly(module, name, report)
+            else:
+                stride *= convert_sequence(parent, child, f"{parent_name}." if parent_name else "", report, energy)
+        elif isinstance(module, nn.MaxPool2d | nn.AvgPool2d | BlurPool2d) and _strided_pool(module):
+            stride *= convert_sequence(parent, child, f"{parent_name}." if parent_name else "", report, energy)
+        elif type(module) is nn.MaxPool2d:  # stride 1: circular padding
+            convert_sequence(parent, child, f"{parent_name}." if parent_name else "", report, energy)
+    return stride

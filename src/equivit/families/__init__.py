@@ -8,12 +8,16 @@ from outside the package.
 
 from __future__ import annotations
 
-from equivit.families import convnext, pvt_v2, resnet, swin, twins, vit
+from equivit.families import convnext, efficientnet, pvt_v2, resnet, swin, twins, vit
 from equivit.registry import Family, register_family
 
 __all__ = ["BUILT_IN"]
 
 BUILT_IN: tuple[Family, ...] = tuple(
-    register_family(module.FAMILY, replace=True) for module in (vit, twins, swin, pvt_v2, resnet, convnext)
-)
+    register_family(family, replace=True)
+    for family in (
+        vit.FAMILY, twins.FAMILY, swin.FAMILY, pvt_v2.FAMILY, resnet.FAMILY, convnext.FAMILY,
+        efficientnet.EFFICIENTNET, efficientnet.MOBILENETV3,
+    )
+)  # fmt: skip
 """The families that ship with equivit, in the order they are listed."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 from equivit.layers.anchored_block import AnchoredBasicBlock, AnchoredBottleneck
 from equivit.layers.anchored_conv import AnchoredConv2d
 from equivit.layers.anchored_downsample import AnchoredDownsample, make_pool_circular
+from equivit.layers.anchored_mixed_conv import AnchoredMixedConv2d
 from equivit.layers.anchored_pool import AnchoredMaxPool2d, separable_max_pool2d
 from equivit.layers.circular_conv import CircularConv2d, circular_conv2d, make_circular
 from equivit.layers.key_order import canonical_token_order
@@ -34,6 +35,7 @@ __all__ = [
     "AnchoredGlobalSubSampleAttn",
     "AnchoredLocallyGroupedAttn",
     "AnchoredMaxPool2d",
+    "AnchoredMixedConv2d",
     "AnchoredPatchEmbed",
     "AnchoredPatchMerging",
     "AnchoredPatchMergingV2",

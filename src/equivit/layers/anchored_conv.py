@@ -78,6 +78,9 @@ class AnchoredConv2d(CircularConv2d):
         if energy not in ("l1", "l2"):
             raise ValueError(f"energy must be 'l1' or 'l2', got {energy!r}")
         self.energy: str = energy
+        # Rows and columns dropped from the top and left of the circularly padded input: a
+        # "same" padding with more on the bottom and right (TensorFlow's, timm's Conv2dSame).
+        self.same_crop: tuple[int, int] = (0, 0)
 
     @classmethod
     def from_conv(cls, conv: nn.Conv2d, *, energy: Energy = "l1", padding_mode: str | None = None) -> AnchoredConv2d:
@@ -106,6 +109,41 @@ class AnchoredConv2d(CircularConv2d):
         )  # fmt: skip
         return take_over(new, conv)
 
+    @classmethod
+    def from_same_conv(cls, conv: nn.Conv2d, *, energy: Energy = "l1") -> AnchoredConv2d:
+        """Build from a convolution with TensorFlow's "same" padding (timm's ``Conv2dSame``), sharing its parameters.
+
+        For inputs that are multiples of the stride, "same" pads ``t = d (k - 1) + 1 - s`` on
+        each axis, ``t // 2`` before and the rest after. The result pads circularly by the same
+        amounts (circularly by the larger one, then drops the surplus before), so on an anchored
+        input it computes what the stock convolution computes on it, without the border.
+
+        Args:
+            conv: The convolution (stride ``s`` > 1 on some axis, no padding of its own).
+            energy: Energy that picks the anchor.
+
+        Returns:
+            An ``AnchoredConv2d`` whose weight and bias are ``conv``'s own parameters.
+
+        Raises:
+            TypeError: If ``conv`` is not an ``nn.Conv2d``.
+            ValueError: If ``conv`` has a padding of its own.
+        """
+        if not isinstance(conv, nn.Conv2d):
+            raise TypeError(f"expected an nn.Conv2d, got {type(conv).__name__}")
+        if isinstance(conv.padding, str) or any(p != 0 for p in conv.padding):
+            raise ValueError(f"a 'same'-padded convolution computes its padding; got padding={conv.padding!r}")
+        totals = [
+            max(d * (k - 1) + 1 - s, 0) for k, s, d in zip(conv.kernel_size, conv.stride, conv.dilation, strict=True)
+        ]
+        after = (totals[0] - totals[0] // 2, totals[1] - totals[1] // 2)
+        new = cls(
+            conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, after,  # type: ignore[arg-type]
+            conv.dilation, conv.groups, conv.bias is not None, "circular", energy=energy, device="meta",
+        )  # fmt: skip
+        new.same_crop = (after[0] - totals[0] // 2, after[1] - totals[1] // 2)
+        return take_over(new, conv)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Anchor ``x`` with period = stride, then convolve.
 
@@ -125,8 +163,12 @@ class AnchoredConv2d(CircularConv2d):
             return self._conv_forward(anchored, self.weight, self.bias)
         # Roll to the anchor and pad circularly in one gather, then convolve without padding.
         padded = _anchored(x, sh, sw, self.energy, False, (pad_h, pad_w))
+        crop_h, crop_w = self.same_crop
+        if crop_h != 0 or crop_w != 0:
+            padded = padded[:, :, crop_h:, crop_w:]
         return F.conv2d(padded, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
 
     def extra_repr(self) -> str:
-        """Conv2d's description plus the energy."""
-        return f"{super().extra_repr()}, energy={self.energy}"
+        """Conv2d's description plus the energy (and the crop of a "same" padding)."""
+        crop = f", same_crop={self.same_crop}" if self.same_crop != (0, 0) else ""
+        return f"{super().extra_repr()}{crop}, energy={self.energy}"

@@ -5,6 +5,7 @@
   new content in at the border and so are not exactly invariant for any model.
 - :func:`assert_shift_invariant`, :func:`assert_shift_equivariant`: assertions for your own tests.
 - :func:`perturb_weights_`: give a fresh model trained-looking norms and embeddings.
+- :func:`calibrate_batch_norms_`: give a fresh CNN the batch-norm statistics of real images.
 - :func:`load_photos`: real photographs from scikit-image.
 - :func:`count_kernel_ops` and :func:`accelerator_paths`: count the kernel launches and host reads
   (syncs) a forward pass or training step would cost on a GPU, on CPU tensors.
@@ -20,7 +21,7 @@ from equivit.testing.consistency import ShiftConsistency, crop_consistency, rand
 from equivit.testing.families import FAMILIES, make_images
 from equivit.testing.launches import KernelOpCount, count_kernel_ops
 from equivit.testing.photos import PHOTOS, load_photos
-from equivit.testing.weights import perturb_weights_
+from equivit.testing.weights import calibrate_batch_norms_, perturb_weights_
 
 __all__ = [
     "FAMILIES",
@@ -30,6 +31,7 @@ __all__ = [
     "accelerator_paths",
     "assert_shift_equivariant",
     "assert_shift_invariant",
+    "calibrate_batch_norms_",
     "count_kernel_ops",
     "crop_consistency",
     "find_rolls",

@@ -8,7 +8,7 @@ from collections.abc import Collection
 import torch
 from torch import nn
 
-__all__ = ["perturb_weights_"]
+__all__ = ["calibrate_batch_norms_", "perturb_weights_"]
 
 _TOKENS = ("cls_token", "reg_token", "dist_token")
 
@@ -63,4 +63,42 @@ def perturb_weights_(model: nn.Module, *, seed: int = 0, only: Collection[str] |
         generator = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
         values = torch.randn(param.shape, generator=generator, dtype=torch.float64) * std + mean
         param.copy_(values.to(param.dtype))
+    return model
+
+
+@torch.no_grad()
+def calibrate_batch_norms_(model: nn.Module, images: torch.Tensor) -> nn.Module:
+    """Set every batch norm's running statistics to those of ``images``, as training leaves them, in place.
+
+    A freshly initialised CNN in eval mode normalises with mean 0 and variance 1 whatever its
+    activations are, so they grow layer by layer: logits in the hundreds after a deep
+    EfficientNet or MobileNet, where float32 rounding then shows at the tolerances the tests use.
+    Training leaves the running statistics of the data instead. This runs ``model`` once in train
+    mode on ``images`` with cumulative averaging (each norm's statistics over the batch), then
+    restores each norm's momentum and the model's mode. Models without batch norms are returned
+    unchanged.
+
+    Args:
+        model: The model, changed in place (the stock model, before conversion).
+        images: A batch of real images at an input size the model takes.
+
+    Returns:
+        ``model``.
+
+    Shape:
+        - images: :math:`(B, C, H, W)`, ``B > 1``
+    """
+    norms = [module for module in model.modules() if isinstance(module, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return model
+    was_training = model.training
+    momenta = [norm.momentum for norm in norms]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # cumulative average: the statistics of this batch
+    model.train()
+    model(images)
+    for norm, momentum in zip(norms, momenta, strict=True):
+        norm.momentum = momentum
+    model.train(was_training)
     return model
