@@ -33,7 +33,7 @@ _SAFE_NAMES = {
         "ConvMlp",
         # EvoNorm: per-position terms and statistics over the whole grid (or the batch).
         "EvoNorm2dB0", "EvoNorm2dB1", "EvoNorm2dB2", "EvoNorm2dS0", "EvoNorm2dS0a", "EvoNorm2dS1", "EvoNorm2dS1a",
-        "EvoNorm2dS2", "EvoNorm2dS2a",
+        "EvoNorm2dS2", "EvoNorm2dS2a", "FilterResponseNormAct2d", "FilterResponseNormTlu2d",
     ),
     # Global pools over the whole grid (the adaptive ones are checked for output size 1 below).
     "timm.layers.adaptive_avgmax_pool": (

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from timm.layers import BlurPool2d
 from timm.layers.conv2d_same import Conv2dSame
 from timm.layers.mixed_conv2d import MixedConv2d
@@ -15,10 +17,20 @@ from equivit.layers import (
     make_conv_circular,
 )
 from equivit.layers.anchored_pool import keeps_grid
+from equivit.layers.anchored_residual import anchored_residual
+from equivit.layers.declare import declared_layers
 from equivit.polyphase import Energy
 from equivit.report import ConversionReport, UnsupportedModelError
 
-__all__ = ["anchored_conv", "convert_sequence", "describe_conv", "pad_circularly", "plain_conv"]
+__all__ = [
+    "anchor_residual_blocks",
+    "anchored_conv",
+    "convert_convolutions",
+    "convert_sequence",
+    "describe_conv",
+    "pad_circularly",
+    "plain_conv",
+]
 
 
 def describe_conv(conv: nn.Conv2d) -> str:
@@ -153,8 +165,9 @@ def convert_convolutions(
     ``nn.Conv2d`` becomes an :class:`~equivit.layers.AnchoredConv2d` (period = stride, circular
     padding); each strided ``nn.MaxPool2d`` an :class:`~equivit.layers.AnchoredMaxPool2d`; each
     strided blur or average pooling an :class:`~equivit.layers.AnchoredDownsample`; every stride-1
-    convolution that pads pads circularly. Modules of a type in ``skip`` (and what they hold) are
-    left alone (their converter handles them). What is left is for the audit to judge.
+    convolution that pads pads circularly. Modules of a type in ``skip``, and anchored layers
+    (:func:`~equivit.layers.declare.equivariant_layer` with a period), are left alone with what they
+    hold. What is left is for the audit to judge.
 
     Args:
         model: The model, changed in place.
@@ -172,10 +185,11 @@ def convert_convolutions(
     """
     stride = 1
     skipped: list[str] = []
+    anchored = tuple(declaration.layer for declaration in declared_layers() if declaration.period)
     for name, module in list(model.named_modules()):
         if any(name.startswith(root + ".") for root in skipped):
             continue
-        if skip and isinstance(module, skip):
+        if isinstance(module, skip + anchored):  # left alone, or already anchored (with what it holds)
             skipped.append(name)
             continue
         parent_name, _, child = name.rpartition(".")
@@ -208,4 +222,65 @@ def convert_convolutions(
             stride *= convert_sequence(parent, child, f"{parent_name}." if parent_name else "", report, energy)
         elif type(module) is nn.MaxPool2d:  # stride 1: circular padding
             convert_sequence(parent, child, f"{parent_name}." if parent_name else "", report, energy)
+    return stride
+
+
+def _strides_inside(module: nn.Module) -> set[tuple[int, int]]:
+    """The strides of the strided convolutions and poolings in ``module``."""
+    found = set()
+    for part in module.modules():
+        if isinstance(part, nn.Conv2d | nn.MaxPool2d | nn.AvgPool2d | BlurPool2d) and _strided_pool(part):
+            stride = part.stride
+            found.add((stride, stride) if isinstance(stride, int) else (int(stride[0]), int(stride[-1])))
+    return found
+
+
+def anchor_residual_blocks(
+    model: nn.Module, report: ConversionReport, energy: Energy, blocks: Mapping[type[nn.Module], tuple[str, ...]]
+) -> int:
+    """Give every strided residual block of the listed types one anchor for its main path and shortcut.
+
+    A block type maps to the names of its children that hold strided operators in parallel paths
+    (``{Bottleneck: ("conv2", "downsample")}``); each block of such a type that downsamples becomes
+    :func:`~equivit.layers.anchored_residual` of it. Blocks that do not downsample are left for
+    :func:`convert_convolutions`.
+
+    Args:
+        model: The model, changed in place.
+        report: Where the changes are recorded.
+        energy: Energy that picks the anchors.
+        blocks: Block type -> the children its anchor covers.
+
+    Returns:
+        The product of the anchored blocks' strides (one axis).
+
+    Raises:
+        UnsupportedModelError: For a block with unequal or non-square strides, or one whose strided
+            operators sit outside the listed children, naming it.
+    """
+    stride = 1
+    replaced: list[str] = []
+    for name, module in list(model.named_modules()):
+        if type(module) not in blocks or any(name.startswith(root + ".") for root in replaced):
+            continue
+        strides = _strides_inside(module)
+        if not strides:
+            continue
+        (stride_h, stride_w) = next(iter(strides))
+        if len(strides) != 1 or stride_h != stride_w:
+            raise UnsupportedModelError(f"{name}: a block with strides {sorted(strides)} cannot share one anchor")
+        period = stride_h
+        try:
+            anchored = anchored_residual(module, period, blocks[type(module)], energy=energy)
+        except ValueError as error:
+            raise UnsupportedModelError(f"{name}: {error}") from error
+        model.set_submodule(name, anchored)
+        replaced.append(name)
+        report.add(
+            name,
+            type(module).__name__,
+            f"{type(anchored).__name__} (period {period}, one anchor for {', '.join(blocks[type(module)])}, "
+            "circular padding)",
+        )
+        stride *= period
     return stride

@@ -8,7 +8,7 @@ from outside the package.
 
 from __future__ import annotations
 
-from equivit.families import convnext, efficientnet, pvt_v2, resnet, swin, twins, vit
+from equivit.families import convnext, efficientnet, pvt_v2, regnet, resnet, resnetv2, swin, twins, vit
 from equivit.registry import Family, register_family
 
 __all__ = ["BUILT_IN"]
@@ -17,7 +17,8 @@ BUILT_IN: tuple[Family, ...] = tuple(
     register_family(family, replace=True)
     for family in (
         vit.FAMILY, twins.FAMILY, swin.FAMILY, pvt_v2.FAMILY, resnet.FAMILY, convnext.FAMILY,
-        efficientnet.EFFICIENTNET, efficientnet.MOBILENETV3,
+        efficientnet.EFFICIENTNET, efficientnet.MOBILENETV3, regnet.FAMILY,
+        resnetv2.FAMILY,
     )
 )  # fmt: skip
 """The families that ship with equivit, in the order they are listed."""
