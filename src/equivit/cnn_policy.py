@@ -26,6 +26,7 @@ __all__ = [
     "anchor_residual_blocks",
     "anchored_conv",
     "convert_convolutions",
+    "convert_residual_cnn",
     "convert_sequence",
     "describe_conv",
     "pad_circularly",
@@ -284,3 +285,26 @@ def anchor_residual_blocks(
         )
         stride *= period
     return stride
+
+
+def convert_residual_cnn(
+    model: nn.Module, report: ConversionReport, energy: Energy, *, blocks: Mapping[type[nn.Module], tuple[str, ...]]
+) -> None:
+    """Convert a residual CNN: its strided blocks of the listed types share one anchor, the rest by the generic policy.
+
+    :func:`anchor_residual_blocks` with ``blocks``, then :func:`convert_convolutions` for the stem,
+    the head and everything else; ``report.input_multiple`` is the product of the strides. A family
+    file uses it as its converter through ``functools.partial(convert_residual_cnn, blocks=...)``.
+
+    Args:
+        model: The model, changed in place (or timm's ``features_only`` wrapper of one).
+        report: Where the changes are recorded.
+        energy: Energy that picks the anchors.
+        blocks: Block type -> the children its anchor covers (``{Bottleneck: ("conv2", "downsample")}``).
+
+    Raises:
+        UnsupportedModelError: For a part that cannot be converted, naming it.
+    """
+    stride = anchor_residual_blocks(model, report, energy, blocks)
+    stride *= convert_convolutions(model, report, energy)
+    report.input_multiple = (stride, stride)

@@ -1,16 +1,23 @@
-"""The ResNetV2 family: timm ``ResNetV2`` (pre-activation ResNets, resnetv2_*)."""
+"""The ResNetV2 family: timm ``ResNetV2`` (pre-activation ResNets, resnetv2_*).
+
+Every strided block anchors its input once for its strided convolution and its downsampling
+shortcut (:func:`~equivit.layers.anchored_residual`); the pre-activation norm before the shortcut
+acts on each position, so anchoring the block input anchors both. The stem's strided convolutions
+and pooling are anchored one by one, every other convolution pads circularly. No parameter is added
+or renamed; inputs must be multiples of 32. BiT models (weight-standardised convolutions) are not
+converted yet.
+"""
 
 from __future__ import annotations
 
+import functools
+
 from timm.models import resnetv2
-from torch import nn
 
-from equivit.cnn_policy import anchor_residual_blocks, convert_convolutions
-from equivit.polyphase import Energy
+from equivit.cnn_policy import convert_residual_cnn
 from equivit.registry import Example, Family, types_named
-from equivit.report import ConversionReport
 
-__all__ = ["FAMILY", "convert_resnetv2"]
+__all__ = ["FAMILY"]
 
 # The strided blocks downsample in a 3 x 3 convolution and in the shortcut (a strided 1 x 1
 # convolution, or average pooling then a 1 x 1 convolution).
@@ -21,33 +28,11 @@ _SHARED_ANCHOR = {
 }
 
 
-def convert_resnetv2(model: nn.Module, report: ConversionReport, energy: Energy) -> None:
-    """Make a timm ResNetV2 shift-equivariant, in place. No parameter is added or renamed.
-
-    Every strided block anchors its input once for its strided convolution and its downsampling
-    shortcut (:func:`~equivit.layers.anchored_residual`); the pre-activation norm before the
-    shortcut acts on each position, so anchoring the block input anchors both. The stem's strided
-    convolutions and pooling are anchored one by one, every other convolution pads circularly.
-    ``report.input_multiple`` is the product of the strides (32).
-
-    Args:
-        model: The model, changed in place: a ``ResNetV2``, or timm's ``features_only`` wrapper of one.
-        report: Where the changes are recorded.
-        energy: Energy that picks the anchors.
-
-    Raises:
-        UnsupportedModelError: For a part that cannot be converted, naming it.
-    """
-    stride = anchor_residual_blocks(model, report, energy, _SHARED_ANCHOR)
-    stride *= convert_convolutions(model, report, energy)
-    report.input_multiple = (stride, stride)
-
-
 FAMILY = Family(
     name="resnetv2",
     description="ResNetV2: pre-activation ResNets (resnetv2_*) built by timm's ResNetV2",
     model_classes=(resnetv2.ResNetV2,),
-    convert=convert_resnetv2,
+    convert=functools.partial(convert_residual_cnn, blocks=_SHARED_ANCHOR),
     entry="stem",
     feature_markers=(resnetv2.ResNetStage,),
     accepted=(

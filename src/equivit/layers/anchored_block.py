@@ -13,28 +13,16 @@ from torch import nn
 
 from equivit.layers.anchored_downsample import make_pool_circular
 from equivit.layers.anchored_pool import keeps_grid
+from equivit.layers.checks import check_map as _check_input
 from equivit.layers.circular_conv import CircularConv2d, make_circular
 from equivit.layers.declare import equivariant_layer
 from equivit.layers.pos_conv import make_conv_circular
 from equivit.layers.sharing import parent_method
 from equivit.polyphase import Energy, _polyphase_anchor
-from equivit.report import shape_text
 
 __all__ = ["AnchoredBasicBlock", "AnchoredBottleneck"]
 
 BlockT = TypeVar("BlockT", bound=nn.Module)
-
-
-def _check_input(x: torch.Tensor, stride: int, name: str) -> None:
-    if x.dim() != 4:
-        raise ValueError(f"{name} expects a 4-D tensor (B, C, H, W), got shape {shape_text(list(x.shape))}")
-    height, width = x.shape[2], x.shape[3]
-    if height == 0 or width == 0 or height % stride != 0 or width % stride != 0:
-        raise ValueError(
-            f"{name}: spatial size H x W = {height} x {width} of input shape {shape_text(list(x.shape))} is not a "
-            f"positive multiple of the block stride {stride}; the image must be a multiple of the product of all "
-            "strides up to this block"
-        )
 
 
 def _prepare(block: nn.Module, stride: int, anchored: tuple[str, ...], energy: str) -> None:

@@ -7,9 +7,9 @@ from timm.layers import BlurPool2d
 from torch import nn
 
 from equivit.layers.anchored_pool import keeps_grid
+from equivit.layers.checks import check_map as _check_input
 from equivit.layers.declare import equivariant_layer
 from equivit.polyphase import Energy, _polyphase_anchor
-from equivit.report import shape_text
 
 __all__ = ["AnchoredDownsample", "make_pool_circular"]
 
@@ -102,16 +102,7 @@ class AnchoredDownsample(nn.Module):
         Raises:
             ValueError: If ``x`` is not 4-D or its size is not a positive multiple of the stride.
         """
-        if x.dim() != 4:
-            raise ValueError(
-                f"AnchoredDownsample expects a 4-D tensor (B, C, H, W), got shape {shape_text(list(x.shape))}"
-            )
-        height, width = x.shape[2], x.shape[3]
-        if height == 0 or width == 0 or height % self.stride != 0 or width % self.stride != 0:
-            raise ValueError(
-                f"AnchoredDownsample: spatial size H x W = {height} x {width} of input shape "
-                f"{shape_text(list(x.shape))} is not a positive multiple of the stride {self.stride}"
-            )
+        _check_input(x, self.stride, "AnchoredDownsample", "stride")
         anchored, _ = _polyphase_anchor(x, self.stride, self.stride, self.energy, False)
         return self.pool(anchored)
 

@@ -6,11 +6,11 @@ import torch
 from timm.layers.mixed_conv2d import MixedConv2d
 
 from equivit.layers.anchored_pool import keeps_grid
+from equivit.layers.checks import check_map as _check_input
 from equivit.layers.circular_conv import make_circular
 from equivit.layers.declare import equivariant_layer
 from equivit.layers.sharing import parent_method, retype
 from equivit.polyphase import Energy, _polyphase_anchor
-from equivit.report import shape_text
 
 __all__ = ["AnchoredMixedConv2d"]
 
@@ -87,16 +87,7 @@ class AnchoredMixedConv2d(MixedConv2d):
         Raises:
             ValueError: If ``x`` is not 4-D or its size is not a positive multiple of the stride.
         """
-        if x.dim() != 4:
-            raise ValueError(
-                f"AnchoredMixedConv2d expects a 4-D tensor (B, C, H, W), got shape {shape_text(list(x.shape))}"
-            )
-        height, width = x.shape[2], x.shape[3]
-        if height == 0 or width == 0 or height % self.stride != 0 or width % self.stride != 0:
-            raise ValueError(
-                f"AnchoredMixedConv2d: spatial size H x W = {height} x {width} of input shape "
-                f"{shape_text(list(x.shape))} is not a positive multiple of the stride {self.stride}"
-            )
+        _check_input(x, self.stride, "AnchoredMixedConv2d", "stride")
         anchored, _ = _polyphase_anchor(x, self.stride, self.stride, self.energy, False)
         return self._timm_forward(anchored)
 

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import copy
+import importlib
 import itertools
 from typing import Any
 
 import torch
 from torch import nn
 
-from equivit.layers.anchored_block import _check_input, _prepare
+from equivit.layers.anchored_block import _prepare
+from equivit.layers.checks import check_map as _check_input
 from equivit.layers.declare import equivariant_layer
 from equivit.layers.sharing import parent_method
 from equivit.polyphase import Energy, _polyphase_anchor
@@ -51,6 +53,19 @@ class _AnchoredInput(nn.Module):
 
 _CLASSES: dict[tuple[type[nn.Module], tuple[str, ...]], type[nn.Module]] = {}
 
+_PREFIX = "_anchored__"
+
+
+def _class_key(stock: type[nn.Module], anchored_children: tuple[str, ...]) -> str:
+    """The module-level name of a generated class: the stock class's module and name, and the children.
+
+    Pickle finds a class by its module and qualified name, so a generated class is also an
+    attribute of this module under this name, and :func:`__getattr__` rebuilds it from the name in
+    a process that has not made it yet (``torch.save(model)`` then ``torch.load`` elsewhere).
+    """
+    module = stock.__module__.replace(".", "_D_")
+    return f"{_PREFIX}{module}__{stock.__qualname__}__{'__'.join(anchored_children)}"
+
 
 def _anchored_class(stock: type[nn.Module], anchored_children: tuple[str, ...]) -> type[nn.Module]:
     """The class ``Anchored<Stock>``: a subclass of the stock block that anchors first (one per block type)."""
@@ -66,8 +81,21 @@ def _anchored_class(stock: type[nn.Module], anchored_children: tuple[str, ...]) 
                 "_stock_forward": parent_method(stock.forward, "_stock_forward"),
             },
         )
+        cls.__qualname__ = _class_key(stock, anchored_children)
+        globals()[cls.__qualname__] = cls
         _CLASSES[key] = equivariant_layer(period="stride", anchored_children=anchored_children)(cls)
     return _CLASSES[key]
+
+
+def __getattr__(name: str) -> type[nn.Module]:
+    """Rebuild a generated class from its module-level name (for unpickling in a new process)."""
+    if not name.startswith(_PREFIX):
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module, qualname, *children = name[len(_PREFIX) :].split("__")
+    stock = importlib.import_module(module.replace("_D_", "."))
+    for part in qualname.split("."):
+        stock = getattr(stock, part)
+    return _anchored_class(stock, tuple(children))  # type: ignore[arg-type]
 
 
 def anchored_residual(

@@ -1,0 +1,90 @@
+"""anchored_residual: any residual block whose main path and shortcut both downsample, anchored once."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from contract import LayerContract
+from timm.layers import BatchNormAct2d, create_conv2d
+from timm.models import regnet, resnetv2
+from torch import nn
+
+from equivit.layers import anchored_residual
+from equivit.testing import perturb_weights_
+
+
+def _regnet_block(dtype: torch.dtype = torch.float32, downsample: str = "conv1x1") -> nn.Module:
+    torch.manual_seed(0)
+    block = regnet.Bottleneck(4, 4, stride=2, group_size=2, se_ratio=0.25, downsample=downsample)
+    return perturb_weights_(block).to(dtype).eval()
+
+
+class TestAnchoredRegNetBottleneck(LayerContract):
+    stride = 2
+    bad_inputs = (
+        (lambda: torch.randn(1, 4, 6, 5), r"6 x 5 of input shape \(1, 4, 6, 5\) is not a positive multiple"),
+        (lambda: torch.randn(4, 6, 6), "4-D"),
+    )
+
+    def make(self, dtype: torch.dtype = torch.float32) -> nn.Module:
+        return anchored_residual(_regnet_block(dtype), 2, ("conv2", "downsample")).eval()
+
+    def make_stock(self) -> nn.Module:
+        return _regnet_block()
+
+
+class TestAnchoredPreActBottleneck(LayerContract):
+    stride = 2
+    output_channels = 8
+
+    def make(self, dtype: torch.dtype = torch.float32) -> nn.Module:
+        return anchored_residual(self.make_stock().to(dtype), 2, ("conv2", "downsample"), energy="l2").eval()
+
+    def make_stock(self) -> nn.Module:
+        torch.manual_seed(0)
+        block = resnetv2.PreActBottleneck(
+            4,
+            8,
+            stride=2,
+            bottle_ratio=0.5,
+            conv_layer=create_conv2d,
+            norm_layer=BatchNormAct2d,
+            proj_layer=resnetv2.DownsampleConv,
+        )
+        return perturb_weights_(block).eval()
+
+
+def test_one_anchor_for_both_paths() -> None:
+    """Anchoring the main path and the shortcut each on its own input would misalign their sum."""
+    stock = _regnet_block()
+    block = anchored_residual(stock, 2, ("conv2", "downsample"))
+    assert type(block).__name__ == "AnchoredBottleneck"
+    assert isinstance(block, regnet.Bottleneck)
+    assert block.conv2.conv.weight is stock.conv2.conv.weight  # the stock block's own parameters
+    assert stock.conv2.conv.padding_mode == "zeros"  # and the stock block is left as it was
+    assert list(block.state_dict()) == list(stock.state_dict())
+    assert type(anchored_residual(_regnet_block(), 2, ("conv2", "downsample"))) is type(block)  # one class
+
+
+def test_errors() -> None:
+    with pytest.raises(ValueError, match=r"conv2\.conv: a strided convolution .* must be one of \('downsample',\)"):
+        anchored_residual(_regnet_block(), 2, ("downsample",))
+    with pytest.raises(ValueError, match="block stride 4"):
+        anchored_residual(_regnet_block(), 4, ("conv2", "downsample"))
+
+
+def test_a_saved_model_loads_in_a_new_process(tmp_path) -> None:
+    """Generated classes are found by name when unpickled, also where none was generated yet."""
+    block = anchored_residual(_regnet_block(), 2, ("conv2", "downsample"))
+    x = torch.randn(2, 4, 8, 8)
+    with torch.no_grad():
+        torch.save({"block": block, "x": x, "y": block(x)}, tmp_path / "block.pt")
+    code = (
+        "import torch; saved = torch.load({!r}, weights_only=False); "
+        "assert type(saved['block']).__name__ == 'AnchoredBottleneck'; "
+        "assert torch.equal(saved['block'](saved['x']), saved['y'])"
+    ).format(str(tmp_path / "block.pt"))
+    subprocess.run([sys.executable, "-c", code], check=True)
