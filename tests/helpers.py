@@ -197,3 +197,20 @@ def check_stage_gradients(stage: nn.Module, x: torch.Tensor) -> None:
     stage.train()
     checkpointed = torch.autograd.grad(stage(x).sum(), x)[0]
     assert torch.allclose(plain, checkpointed)
+
+
+def rounding_tolerance(model: torch.nn.Module, images: torch.Tensor, floor: float = 1e-5) -> float:
+    """How far two float32 evaluations of ``model`` may fairly differ: measured, not guessed.
+
+    ``floor`` times the logit scale (at least 1), or four times the distance between the float32
+    logits and a float64 evaluation of the same model, whichever is larger. Deep CNNs with
+    trained-looking weights round to about 1e-5 of their scale in float32, so a compiled or exported
+    graph, whose kernels round differently, can only be asked to agree with eager to that level.
+    """
+    import copy
+
+    with torch.no_grad():
+        single = model(images)
+        double = copy.deepcopy(model).double()(images.double())
+    scale = max(1.0, float(double.abs().max()))
+    return max(floor * scale, 4 * float((single.double() - double).abs().max()))

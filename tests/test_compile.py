@@ -21,7 +21,7 @@ from torch._inductor.utils import get_first_incompatible_cudagraph_node
 
 import equivit
 from equivit.testing import load_photos, make_images
-from helpers import check_consistency
+from helpers import check_consistency, rounding_tolerance
 from zoo import TINY, tiny_pair
 
 # The default run compiles the families that test_convert.py does not (ViT and PCPVT are there).
@@ -42,7 +42,8 @@ def _check_compiled(family: str, backend: str) -> None:
     compiled = torch.compile(converted, fullgraph=True, backend=backend, dynamic=False)  # a break raises
     with torch.no_grad():
         expected = converted(images)
-        assert torch.allclose(compiled(images), expected, rtol=0, atol=1e-5 * expected.abs().max()), family
+        tolerance = rounding_tolerance(converted, images)
+        assert torch.allclose(compiled(images), expected, rtol=0, atol=tolerance), family
     check_consistency(stock, compiled, images, f"{family} compiled ({backend})", shifts=1)
 
 

@@ -58,6 +58,9 @@ EFFICIENTNET = Family(
     timm_modules=("efficientnet",),
     excluded={
         "*_cc_*": _CONDCONV,
+        "tf_mixnet_*": (
+            "a strided MixedConv2d of TensorFlow 'same' convolutions (Conv2dSame groups) is not converted yet"
+        ),
         "efficientnet_[hx]_*": (
             "a stride-1 'same' convolution with an even kernel (after the space-to-depth stem) pads unevenly; "
             "not converted yet"
