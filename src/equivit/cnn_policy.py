@@ -151,14 +151,13 @@ def convert_sequence(parent: nn.Module, child: str, prefix: str, report: Convers
     return 1  # norms and activations act per position; the audit checks them
 
 
-def _strided_pool(module: nn.Module) -> bool:
+def _is_strided(module: nn.Module) -> bool:
+    """Whether a convolution or pooling has a stride other than 1 on some axis."""
     stride = getattr(module, "stride", 1)
     return any(s != 1 for s in ((stride, stride) if isinstance(stride, int) else tuple(stride)))
 
 
-def convert_convolutions(
-    model: nn.Module, report: ConversionReport, energy: Energy, *, skip: tuple[type[nn.Module], ...] = ()
-) -> int:
+def convert_convolutions(model: nn.Module, report: ConversionReport, energy: Energy) -> int:
     """The generic CNN policy: anchor every strided convolution and pooling alone, pad every other circularly.
 
     Valid for networks in which no residual shortcut spans a strided operator (EfficientNet,
@@ -166,15 +165,13 @@ def convert_convolutions(
     ``nn.Conv2d`` becomes an :class:`~equivit.layers.AnchoredConv2d` (period = stride, circular
     padding); each strided ``nn.MaxPool2d`` an :class:`~equivit.layers.AnchoredMaxPool2d`; each
     strided blur or average pooling an :class:`~equivit.layers.AnchoredDownsample`; every stride-1
-    convolution that pads pads circularly. Modules of a type in ``skip``, and anchored layers
-    (:func:`~equivit.layers.declare.equivariant_layer` with a period), are left alone with what they
-    hold. What is left is for the audit to judge.
+    convolution that pads pads circularly. Anchored layers (:func:`~equivit.layers.declare.equivariant_layer`
+    with a period) are left alone with what they hold. What is left is for the audit to judge.
 
     Args:
         model: The model, changed in place.
         report: Where the changes are recorded.
         energy: Energy that picks the anchors.
-        skip: Module types not to enter.
 
     Returns:
         The product of the strides met (one axis; strides are square), for ``report.input_multiple``
@@ -190,7 +187,7 @@ def convert_convolutions(
     for name, module in list(model.named_modules()):
         if any(name.startswith(root + ".") for root in skipped):
             continue
-        if isinstance(module, skip + anchored):  # left alone, or already anchored (with what it holds)
+        if isinstance(module, anchored):  # already anchored, with what it holds
             skipped.append(name)
             continue
         parent_name, _, child = name.rpartition(".")
@@ -212,17 +209,12 @@ def convert_convolutions(
             setattr(parent, child, anchored_mixed)
             report.add(name, "MixedConv2d", f"AnchoredMixedConv2d (period {anchored_mixed.stride}, one anchor)")
             stride *= anchored_mixed.stride
-        elif isinstance(module, nn.Conv2d):
-            if isinstance(module, AnchoredConv2d):
-                continue
-            if tuple(module.stride) == (1, 1):
-                pad_circularly(module, name, report)
-            else:
-                stride *= convert_sequence(parent, child, f"{parent_name}." if parent_name else "", report, energy)
-        elif isinstance(module, nn.MaxPool2d | nn.AvgPool2d | BlurPool2d) and _strided_pool(module):
+        elif (
+            isinstance(module, nn.Conv2d)  # strided: anchored; stride 1: circular padding
+            or type(module) is nn.MaxPool2d  # strided: anchored; stride 1: circular padding
+            or (isinstance(module, nn.MaxPool2d | nn.AvgPool2d | BlurPool2d) and _is_strided(module))
+        ):
             stride *= convert_sequence(parent, child, f"{parent_name}." if parent_name else "", report, energy)
-        elif type(module) is nn.MaxPool2d:  # stride 1: circular padding
-            convert_sequence(parent, child, f"{parent_name}." if parent_name else "", report, energy)
     return stride
 
 
@@ -230,7 +222,7 @@ def _strides_inside(module: nn.Module) -> set[tuple[int, int]]:
     """The strides of the strided convolutions and poolings in ``module``."""
     found = set()
     for part in module.modules():
-        if isinstance(part, nn.Conv2d | nn.MaxPool2d | nn.AvgPool2d | BlurPool2d) and _strided_pool(part):
+        if isinstance(part, nn.Conv2d | nn.MaxPool2d | nn.AvgPool2d | BlurPool2d) and _is_strided(part):
             stride = part.stride
             found.add((stride, stride) if isinstance(stride, int) else (int(stride[0]), int(stride[-1])))
     return found

@@ -133,9 +133,11 @@ class Family:
         import timm
 
         base = model_name.split(".")[0]
-        if not any(timm.models.is_model_in_modules(base, [module]) for module in self.timm_modules):
-            return False
-        return not any(fnmatch.fnmatchcase(base, pattern) for pattern in self.excluded)
+        return timm.models.is_model_in_modules(base, list(self.timm_modules)) and not self._excluded(base)
+
+    def _excluded(self, model_name: str) -> bool:
+        """Whether ``model_name`` matches one of :attr:`excluded`."""
+        return any(fnmatch.fnmatchcase(model_name, pattern) for pattern in self.excluded)
 
     def model_names(self) -> list[str]:
         """The timm names this family converts (see :meth:`takes`).
@@ -146,7 +148,7 @@ class Family:
         import timm
 
         names = [name for module in self.timm_modules for name in timm.list_models(module=module)]
-        return [name for name in names if self.takes(name)]
+        return [name for name in names if not self._excluded(name)]
 
 
 def types_named(module: object, *names: str) -> tuple[type[nn.Module], ...]:

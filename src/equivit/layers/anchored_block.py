@@ -80,17 +80,52 @@ def _prepare(block: nn.Module, stride: int, anchored: tuple[str, ...], energy: s
                 raise ValueError(f"{name}.{path}: a padded pooling (padding {pad}) marks the image border")
 
 
+class _AnchoredInput(nn.Module):
+    """Anchor the block input once (period = the block's stride), then run the stock block's forward on it.
+
+    Its attributes ``anchor_period`` (int), ``block_name`` and ``energy`` (str) are set per instance
+    (by the hand-written blocks below and by :func:`~equivit.layers.anchored_residual`; TorchScript
+    infers their types, class annotations would hide them).
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Anchor ``x`` with period = the block's stride, then run the stock block on it.
+
+        Args:
+            x: Input feature maps.
+
+        Returns:
+            The block output, on the grid of the anchored input divided by the stride.
+
+        Raises:
+            ValueError: If ``x`` is not 4-D or its size is not a multiple of the stride.
+        """
+        _check_input(x, self.anchor_period, self.block_name)
+        anchored, _ = _polyphase_anchor(x, self.anchor_period, self.anchor_period, self.energy, False)
+        return self._stock_forward(anchored)
+
+    def _stock_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The stock block's ``forward`` (each generated class refers to its stock parent's function)."""
+        raise NotImplementedError
+
+    def extra_repr(self) -> str:
+        """The anchoring period and energy."""
+        return f"period={self.anchor_period}, energy={self.energy}"
+
+
 def _from_block(cls: type[BlockT], block: nn.Module, energy: Energy) -> BlockT:
     """A ``cls`` made of copies of ``block``'s modules that hold ``block``'s own parameters and buffers."""
     shared: dict[int, Any] = {id(t): t for t in itertools.chain(block.parameters(), block.buffers())}
     new = copy.deepcopy(block, memo=shared)  # new modules, the same tensors
-    new.__class__ = cls  # cls adds methods and the energy attribute only
+    new.__class__ = cls  # cls adds methods and the anchoring attributes only
     new.energy = energy
+    new.anchor_period = new.stride
+    new.block_name = cls.__name__
     _prepare(new, new.stride, cls.equivit_anchored_children, energy)  # type: ignore[attr-defined]
     return new  # type: ignore[return-value]
 
 
-class _AnchoredBlock(nn.Module):
+class _AnchoredBlock(_AnchoredInput):
     """Anchor the block input once (period = block stride), then run timm's block on it."""
 
     equivit_anchored_children: ClassVar[tuple[str, ...]]
@@ -110,6 +145,8 @@ class _AnchoredBlock(nn.Module):
     ) -> None:
         super().__init__(inplanes, planes, stride, downsample, device=device, dtype=dtype, **kwargs)  # type: ignore[call-arg]
         self.energy = energy
+        self.anchor_period = stride
+        self.block_name = type(self).__name__
         _prepare(self, stride, self.equivit_anchored_children, energy)
 
     @classmethod
@@ -134,34 +171,6 @@ class _AnchoredBlock(nn.Module):
         if not isinstance(block, expected):
             raise TypeError(f"expected timm's {expected.__name__}, got {type(block).__name__}")
         return _from_block(cls, block, energy)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Anchor ``x`` with period = stride, then run timm's block on it.
-
-        Args:
-            x: Input feature maps.
-
-        Returns:
-            The block output, on the grid of the anchored input divided by the stride.
-
-        Raises:
-            ValueError: If ``x`` is not 4-D or its size is not a multiple of the stride.
-        """
-        _check_input(x, self.stride, self._block_name())
-        anchored, _ = _polyphase_anchor(x, self.stride, self.stride, self.energy, False)
-        return self._timm_forward(anchored)
-
-    def _block_name(self) -> str:
-        """The class name, for messages (TorchScript cannot read ``type(self).__name__``)."""
-        raise NotImplementedError
-
-    def _timm_forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The ``forward`` of the timm block (each subclass refers to its timm parent's function)."""
-        raise NotImplementedError
-
-    def extra_repr(self) -> str:
-        """The anchoring period and energy."""
-        return f"period={self.stride}, energy={self.energy}"
 
 
 @equivariant_layer(period="stride", anchored_children=("conv1", "aa", "downsample"))
@@ -206,10 +215,7 @@ class AnchoredBasicBlock(_AnchoredBlock, BasicBlock):
     """
 
     timm_block: ClassVar[type[nn.Module]] = BasicBlock
-    _timm_forward = parent_method(BasicBlock.forward, "_timm_forward")
-
-    def _block_name(self) -> str:
-        return "AnchoredBasicBlock"
+    _stock_forward = parent_method(BasicBlock.forward, "_stock_forward")
 
 
 @equivariant_layer(period="stride", anchored_children=("conv2", "aa", "downsample"))
@@ -249,7 +255,4 @@ class AnchoredBottleneck(_AnchoredBlock, Bottleneck):
     """
 
     timm_block: ClassVar[type[nn.Module]] = Bottleneck
-    _timm_forward = parent_method(Bottleneck.forward, "_timm_forward")
-
-    def _block_name(self) -> str:
-        return "AnchoredBottleneck"
+    _stock_forward = parent_method(Bottleneck.forward, "_stock_forward")

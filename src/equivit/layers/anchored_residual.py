@@ -7,48 +7,14 @@ import importlib
 import itertools
 from typing import Any
 
-import torch
 from torch import nn
 
-from equivit.layers.anchored_block import _prepare
-from equivit.layers.checks import check_map as _check_input
+from equivit.layers.anchored_block import _AnchoredInput, _prepare
 from equivit.layers.declare import equivariant_layer
 from equivit.layers.sharing import parent_method
-from equivit.polyphase import Energy, _polyphase_anchor
+from equivit.polyphase import Energy
 
 __all__ = ["anchored_residual"]
-
-
-class _AnchoredInput(nn.Module):
-    """Anchor the block input once (period = the block's stride), then run the stock block's forward on it.
-
-    Its attributes ``anchor_period`` (int), ``block_name`` and ``energy`` (str) are set per instance by
-    :func:`anchored_residual` (TorchScript infers their types; class annotations would hide them).
-    """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Anchor ``x`` with period = the block's stride, then run the stock block on it.
-
-        Args:
-            x: Input feature maps.
-
-        Returns:
-            The block output, on the grid of the anchored input divided by the stride.
-
-        Raises:
-            ValueError: If ``x`` is not 4-D or its size is not a multiple of the stride.
-        """
-        _check_input(x, self.anchor_period, self.block_name)
-        anchored, _ = _polyphase_anchor(x, self.anchor_period, self.anchor_period, self.energy, False)
-        return self._stock_forward(anchored)
-
-    def _stock_forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The stock block's ``forward`` (each generated class refers to its stock parent's function)."""
-        raise NotImplementedError
-
-    def extra_repr(self) -> str:
-        """The anchoring period and energy."""
-        return f"period={self.anchor_period}, energy={self.energy}"
 
 
 _CLASSES: dict[tuple[type[nn.Module], tuple[str, ...]], type[nn.Module]] = {}
