@@ -15,7 +15,7 @@ from torch import nn
 
 from equivit.testing import load_photos
 from helpers import check_consistency
-from zoo import ONE_PER_FAMILY, TINY, tiny_pair
+from zoo import ONE_PER_FAMILY, TINY, heavy, tiny_pair
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -40,7 +40,7 @@ class Autocast(nn.Module):
 
 
 @pytest.mark.parametrize("precision", list(DTYPES))
-@pytest.mark.parametrize("family", list(TINY))
+@pytest.mark.parametrize("family", heavy(list(TINY)))
 def test_autocast_keeps_every_prediction(family: str, precision: str) -> None:
     dtype = DTYPES[precision]
     stock, converted, _ = tiny_pair(family)
@@ -55,7 +55,7 @@ def test_autocast_keeps_every_prediction(family: str, precision: str) -> None:
     )
 
 
-@pytest.mark.parametrize("family", ONE_PER_FAMILY)
+@pytest.mark.parametrize("family", heavy(ONE_PER_FAMILY))
 def test_bfloat16_weights_keep_every_prediction(family: str) -> None:
     """The whole model in bf16 (no autocast): features and anchors' inputs are bf16 throughout."""
     stock, converted, _ = tiny_pair(family)

@@ -40,7 +40,7 @@ def test_check_loads_a_local_checkpoint(tmp_path, capsys: pytest.CaptureFixture[
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["check", "dla34"], "cannot convert a DLA"),
+        (["check", "inception_v3"], "cannot convert an InceptionV3"),
         (["check", "no_such_model_anywhere"], "no_such_model_anywhere"),
         (["check", "vit_tiny_patch16_224", "twins_svt_small", "--checkpoint", "x.pth"], "exactly one MODEL"),
         (["check", "--img-size", "1", "2", "3"], "H or H W"),

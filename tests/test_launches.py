@@ -10,10 +10,10 @@ from equivit.device_paths import accelerator_paths
 from equivit.fused import use_fused_kernels
 from equivit.testing.families import make_images
 from equivit.testing.launches import count_kernel_ops
-from zoo import TINY, tiny_pair
+from zoo import TINY, heavy, tiny_pair
 
 
-@pytest.mark.parametrize("family", list(TINY))
+@pytest.mark.parametrize("family", heavy(list(TINY)))
 @pytest.mark.parametrize("images", ["random", "constant"])
 def test_forward_and_training_step_read_nothing_back(family: str, images: str) -> None:
     """Natural and fully tied inputs: 0 host reads, where the CPU paths read one flag per anchor."""

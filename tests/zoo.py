@@ -8,6 +8,7 @@ somewhat larger models with the FX nodes whose feature maps the FX and checkpoin
 
 from __future__ import annotations
 
+import pytest
 import timm
 import torch
 from torch import nn
@@ -28,6 +29,15 @@ FAMILY_OF: dict[str, str] = {key: family.name for family in registered_families(
 
 ONE_PER_FAMILY: list[str] = [next(iter(family.examples)) for family in registered_families() if family.examples]
 """The first example of each family, for the slower tests."""
+
+QUICK: set[str] = {key for family in registered_families() for key, example in family.examples.items() if example.quick}
+"""Examples that the slower per-example tests run on in the default test run (``Example.quick``)."""
+
+
+def heavy(keys: list[str]) -> list[object]:
+    """``keys`` as parameters for a slow per-example test: those not in :data:`QUICK` marked slow."""
+    return [key if key in QUICK else pytest.param(key, marks=pytest.mark.slow) for key in keys]
+
 
 EMPTY_BATCH_OK: list[str] = [key for key in TINY if family_named(FAMILY_OF[key]).empty_batch_ok]
 """Examples whose converted models map an empty batch to an empty output."""

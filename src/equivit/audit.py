@@ -30,7 +30,10 @@ _SAFE_NAMES = {
         # checked on its own), per-channel scales, 1x1-convolution MLPs.
         "BatchNormAct2d", "SyncBatchNormAct", "FrozenBatchNorm2d", "FrozenBatchNormAct2d", "GroupNormAct",
         "GroupNorm1Act", "LayerNormAct", "LayerNormAct2d", "ConvNormAct", "ConvNormActAa", "LayerScale2d",
-        "ConvMlp",
+        "ConvMlp", "SeparableConvNormAct", "SeparableConv2d", "ClNormMlpClassifierHead",
+        # Split attention (ResNeSt) and selective kernels (SK-ResNet): convolutions checked one by one,
+        # attention weights from a pool over the whole grid.
+        "SplitAttn", "SelectiveKernel",
         # EvoNorm: per-position terms and statistics over the whole grid (or the batch).
         "EvoNorm2dB0", "EvoNorm2dB1", "EvoNorm2dB2", "EvoNorm2dS0", "EvoNorm2dS0a", "EvoNorm2dS1", "EvoNorm2dS1a",
         "EvoNorm2dS2", "EvoNorm2dS2a", "FilterResponseNormAct2d", "FilterResponseNormTlu2d",
@@ -39,7 +42,8 @@ _SAFE_NAMES = {
     "timm.layers.adaptive_avgmax_pool": (
         "FastAdaptiveAvgPool", "FastAdaptiveMaxPool", "FastAdaptiveAvgMaxPool", "FastAdaptiveCatAvgMaxPool",
     ),
-    "timm.models._features": ("FeatureDictNet", "FeatureListNet", "FeatureGetterNet"),
+    "timm.layers.split_attn": ("RadixSoftmax",),
+    "timm.models._features": ("FeatureDictNet", "FeatureListNet", "FeatureGetterNet", "FeatureHookNet"),
 }  # fmt: skip
 
 # Channel attention that pools over the whole grid first, then acts on the pooled channel vector
@@ -48,6 +52,7 @@ _SAFE_NAMES = {
 _GLOBAL_NAMES = {
     "timm.layers": ("SEModule", "EffectiveSEModule", "EcaModule", "CecaModule", "GlobalContext"),
     "timm.models._efficientnet_blocks": ("SqueezeExcite",),
+    "timm.layers.selective_kernel": ("SelectiveKernelAttn",),
 }
 
 

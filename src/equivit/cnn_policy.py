@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 from timm.layers import BlurPool2d
@@ -17,20 +18,23 @@ from equivit.layers import (
     make_conv_circular,
 )
 from equivit.layers.anchored_pool import keeps_grid
-from equivit.layers.anchored_residual import anchored_residual
+from equivit.layers.anchored_residual import anchored_entry, anchored_residual
 from equivit.layers.declare import declared_layers
 from equivit.polyphase import Energy
 from equivit.report import ConversionReport, UnsupportedModelError
 
 __all__ = [
+    "anchor_network_input",
     "anchor_residual_blocks",
     "anchored_conv",
     "convert_convolutions",
+    "convert_network",
     "convert_residual_cnn",
     "convert_sequence",
     "describe_conv",
     "pad_circularly",
     "plain_conv",
+    "total_stride",
 ]
 
 
@@ -213,6 +217,7 @@ def convert_convolutions(model: nn.Module, report: ConversionReport, energy: Ene
             isinstance(module, nn.Conv2d)  # strided: anchored; stride 1: circular padding
             or type(module) is nn.MaxPool2d  # strided: anchored; stride 1: circular padding
             or (isinstance(module, nn.MaxPool2d | nn.AvgPool2d | BlurPool2d) and _is_strided(module))
+            or (type(module) is nn.AvgPool2d and module.padding not in (0, (0, 0)))  # circular padding
         ):
             stride *= convert_sequence(parent, child, f"{parent_name}." if parent_name else "", report, energy)
     return stride
@@ -300,3 +305,77 @@ def convert_residual_cnn(
     stride = anchor_residual_blocks(model, report, energy, blocks)
     stride *= convert_convolutions(model, report, energy)
     report.input_multiple = (stride, stride)
+
+
+def total_stride(model: nn.Module) -> int:
+    """The least common multiple of the reductions in timm's ``feature_info`` of ``model`` (its total stride).
+
+    Raises:
+        UnsupportedModelError: If ``model`` has no ``feature_info`` with reductions.
+    """
+    info = getattr(model, "feature_info", None)
+    entries = getattr(info, "info", info)  # a features_only wrapper's FeatureInfo, or the model's list
+    reductions = [
+        int(entry["reduction"]) for entry in entries or () if isinstance(entry, dict) and "reduction" in entry
+    ]
+    if not reductions:
+        raise UnsupportedModelError(
+            f"{type(model).__name__} has no feature_info with reductions to take its stride from"
+        )
+    return math.lcm(*reductions)
+
+
+def _entry_path(model: nn.Module, entry: str) -> str:
+    """The path of the module that receives the images: ``entry``, or the first module of a flattened wrapper."""
+    from timm.models._features import FeatureDictNet, FeatureGetterNet, FeatureHookNet
+
+    if isinstance(model, FeatureDictNet | FeatureHookNet):  # and FeatureListNet: runs its modules in order
+        return next(iter(model.keys()))
+    if isinstance(model, FeatureGetterNet):
+        return f"model.{entry}"
+    return entry
+
+
+def anchor_network_input(model: nn.Module, report: ConversionReport, energy: Energy, entry: str, period: int) -> None:
+    """Anchor the network input once, in its entry module (:func:`~equivit.layers.anchored_entry`).
+
+    Args:
+        model: The model, changed in place (or timm's ``features_only`` wrapper of one).
+        report: Where the change is recorded.
+        energy: Energy that picks the anchor.
+        entry: Path of the entry module in the model (the family's ``entry``).
+        period: The anchoring period, the network's total stride.
+    """
+    path = _entry_path(model, entry)
+    stem = model.get_submodule(path)
+    model.set_submodule(path, anchored_entry(stem, period, energy=energy))
+    report.add(path, type(stem).__name__, f"input anchored (period {period}), then {type(stem).__name__}")
+    report.input_period = period
+
+
+def convert_network(
+    model: nn.Module, report: ConversionReport, energy: Energy, *, entry: str, period_factor: int = 1
+) -> None:
+    """Convert a CNN whose branches meet at different resolutions: one anchor at the input, circular padding after.
+
+    :func:`convert_convolutions` anchors every strided convolution and pooling and pads every
+    other convolution circularly; then the entry module anchors the network input with period =
+    the total stride (:func:`anchor_network_input`), which keeps parallel paths aligned wherever
+    they meet (see :func:`~equivit.layers.anchored_entry`). ``report.input_multiple`` is that
+    period. A family file uses it through ``functools.partial(convert_network, entry="stem")``.
+
+    Args:
+        model: The model, changed in place (or timm's ``features_only`` wrapper of one).
+        report: Where the changes are recorded.
+        energy: Energy that picks the anchors.
+        entry: Path of the module that receives the images.
+        period_factor: Multiplies the period, for a network that pools in its forward code beyond
+            its last stage (GhostNet V2's attention pools by two at stride 32: period 64).
+
+    Raises:
+        UnsupportedModelError: For a part that cannot be converted, naming it.
+    """
+    period = total_stride(model) * period_factor
+    convert_convolutions(model, report, energy)
+    anchor_network_input(model, report, energy, entry, period)
+    report.input_multiple = (period, period)

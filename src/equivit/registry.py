@@ -36,6 +36,7 @@ __all__ = [
     "SupportedView",
     "family_named",
     "family_of",
+    "module_types",
     "register_family",
     "registered_families",
     "supported_model_names",
@@ -55,17 +56,21 @@ StateDictMapping = Callable[[Mapping[str, torch.Tensor], nn.Module], dict[str, t
 
 @dataclasses.dataclass(frozen=True)
 class Example:
-    """A small configuration of a family: fast to build, used by the tests and the census.
+    """A small configuration of a family: fast to build, used by the tests.
 
     Attributes:
         model_name: The timm model name.
         kwargs: Keyword arguments for ``timm.create_model`` (small widths and depths).
         image_size: ``(H, W)``: an input size the converted model takes (a small multiple of its period).
+        quick: Whether the slower per-example tests (compiled graphs, autocast, TorchScript, ONNX)
+            run on it in the default test run; False for families that share a conversion policy
+            already tested there. Every example runs every test in the slow set.
     """
 
     model_name: str
     kwargs: Mapping[str, Any]
     image_size: tuple[int, int]
+    quick: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,6 +170,36 @@ def types_named(module: object, *names: str) -> tuple[type[nn.Module], ...]:
     return tuple(cls for cls in found if isinstance(cls, type))
 
 
+def module_types(module: object, *, without: tuple[str, ...] = ()) -> tuple[type[nn.Module], ...]:
+    """The ``nn.Module`` classes defined in ``module`` (not imported into it), except those named in ``without``.
+
+    For a family whose blocks only combine parts the audit checks one by one (convolutions,
+    poolings, norms, activations, global pooling), read once: the audit then accepts every block
+    type of its timm module, and still checks every convolution and pooling inside them.
+
+    Args:
+        module: A module object, for example ``timm.models.dla``.
+        without: Names of classes to leave out (blocks that must stay refused).
+
+    Returns:
+        The classes, in name order.
+    """
+    found = vars(module).values()
+    return tuple(
+        sorted(
+            (
+                cls
+                for cls in found
+                if isinstance(cls, type)
+                and issubclass(cls, nn.Module)
+                and cls.__module__ == getattr(module, "__name__", None)
+                and cls.__name__ not in without
+            ),
+            key=lambda cls: cls.__name__,
+        )
+    )
+
+
 _FAMILIES: dict[str, Family] = {}
 
 
@@ -248,13 +283,13 @@ def family_of(model: nn.Module) -> tuple[Family, nn.Module] | None:
         ``(family, module to convert)``: the model itself, or the model inside timm's
         ``FeatureGetterNet``; None if no registered family takes it.
     """
-    from timm.models._features import FeatureDictNet, FeatureGetterNet
+    from timm.models._features import FeatureDictNet, FeatureGetterNet, FeatureHookNet
 
     by_class = {cls: family for family in _FAMILIES.values() for cls in family.model_classes + family.converted_classes}
     if isinstance(model, FeatureGetterNet):
         inner = model.model
         return (by_class[type(inner)], inner) if type(inner) in by_class else None
-    if isinstance(model, FeatureDictNet):  # FeatureListNet too: the model's children, flattened
+    if isinstance(model, FeatureDictNet | FeatureHookNet):  # FeatureListNet too: the model's children, flattened
         markers = {cls: family for family in _FAMILIES.values() for cls in family.feature_markers}
         for module in model.modules():
             if type(module) in markers:

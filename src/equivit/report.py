@@ -51,6 +51,13 @@ class ConversionReport:
             from a stock checkpoint; see :func:`equivit.convert_state_dict`).
         folded_prefix: Prefix tokens that absorbed their part of the absolute position embedding.
         in_channels: Image channels the model takes (those of its stem convolution), or None if unknown.
+        empty_batch_ok: Whether the converted model maps an empty batch to an empty output; None
+            for its family's answer (:attr:`equivit.registry.Family.empty_batch_ok`), set where a
+            model of the family differs (ResNeSt's split attention cannot reshape an empty batch).
+        input_period: The period of the anchor on the network input (networks whose branches meet,
+            :func:`equivit.cnn_policy.convert_network`), or None. A feature map of reduction ``r``
+            of such a model moves by exactly ``shift / r`` for shifts by multiples of it, and by
+            some whole number of cells for any other shift.
     """
 
     family: str
@@ -59,6 +66,8 @@ class ConversionReport:
     new_parameters: list[str] = dataclasses.field(default_factory=list)
     folded_prefix: list[str] = dataclasses.field(default_factory=list)
     in_channels: int | None = None
+    empty_batch_ok: bool | None = None
+    input_period: int | None = None
 
     def add(self, name: str, before: str, after: str) -> None:
         """Record one change.
@@ -227,20 +236,22 @@ def _entry_check(module: nn.Module, args: tuple[torch.Tensor]) -> None:
         )
 
 
-def _empty_batch_ok(family: str) -> bool:
-    """Whether converted models of ``family`` map an empty batch to an empty output (from the registry)."""
+def _empty_batch_ok(report: ConversionReport) -> bool:
+    """Whether the converted model maps an empty batch to an empty output (the report's, else its family's)."""
     from equivit.registry import family_named
 
-    return family_named(family).empty_batch_ok
+    if report.empty_batch_ok is not None:
+        return report.empty_batch_ok
+    return family_named(report.family).empty_batch_ok
 
 
 def _entry_module(model: nn.Module, family: str) -> nn.Module:
     """The first module that receives the images (where the check is installed)."""
-    from timm.models._features import FeatureDictNet, FeatureGetterNet
+    from timm.models._features import FeatureDictNet, FeatureGetterNet, FeatureHookNet
 
     from equivit.registry import family_named
 
-    if isinstance(model, FeatureDictNet):  # and FeatureListNet: runs its modules in order
+    if isinstance(model, FeatureDictNet | FeatureHookNet):  # and FeatureListNet: runs its modules in order
         return next(iter(model.values()))
     if isinstance(model, FeatureGetterNet):
         model = model.model
@@ -272,7 +283,7 @@ def install_input_check(model: nn.Module, report: ConversionReport, model_name: 
     entry.equivit_input_multiple = (int(report.input_multiple[0]), int(report.input_multiple[1]))
     entry.equivit_in_channels = int(report.in_channels or 0)
     entry.equivit_model_name = model_name
-    entry.equivit_empty_batch_ok = _empty_batch_ok(report.family)
+    entry.equivit_empty_batch_ok = _empty_batch_ok(report)
     if _entry_check not in entry._forward_pre_hooks.values():
         entry.register_forward_pre_hook(_entry_check)
     return entry
@@ -311,7 +322,7 @@ class InputSizeCheck:
         Returns:
             The hook.
         """
-        return cls(report.input_multiple, model_name, report.in_channels, _empty_batch_ok(report.family))
+        return cls(report.input_multiple, model_name, report.in_channels, _empty_batch_ok(report))
 
     def __call__(self, module: nn.Module, args: tuple[object, ...]) -> None:
         """Check the first positional argument, if it is a tensor.

@@ -36,6 +36,27 @@ class TestAnchoredAvgPool(LayerContract):
         return nn.AvgPool2d(2, 2).eval()
 
 
+class TestAnchoredPaddedAvgPool(LayerContract):
+    """ResNeSt's 3 x 3 average pooling of stride 2 with padding 1: the padding is applied circularly."""
+
+    stride = 2
+
+    def make(self, dtype: torch.dtype = torch.float32) -> nn.Module:
+        return AnchoredDownsample(nn.AvgPool2d(3, 2, padding=1)).eval()
+
+    def make_stock(self) -> nn.Module:
+        return nn.AvgPool2d(3, 2, padding=1).eval()
+
+
+def test_padded_average_pooling_pads_circularly() -> None:
+    x = torch.randn(2, 4, 8, 6)
+    layer = AnchoredDownsample(nn.AvgPool2d(3, 2, padding=1, count_include_pad=False))
+    anchored, _ = equivit.polyphase_anchor(x, 2)
+    expected = nn.functional.avg_pool2d(nn.functional.pad(anchored, (1, 1, 1, 1), mode="circular"), 3, 2)
+    assert torch.allclose(layer(x), expected, atol=1e-6, rtol=0)
+    assert "circular padding 1" in repr(layer)
+
+
 class TestAnchoredWideBlurPool(LayerContract):
     stride = 2
     channels = 3
@@ -64,8 +85,10 @@ def test_blur_is_kept_and_made_circular() -> None:
 def test_constructor_errors() -> None:
     with pytest.raises(ValueError, match="changes the grid"):
         AnchoredDownsample(BlurPool2d(4, filt_size=5, stride=4))
+    with pytest.raises(ValueError, match="ceil_mode=True does not map"):
+        AnchoredDownsample(nn.AvgPool2d(3, 2, padding=1, ceil_mode=True))
     with pytest.raises(ValueError, match="only poolings without padding"):
-        AnchoredDownsample(nn.AvgPool2d(3, 2, padding=1))
+        AnchoredDownsample(nn.AvgPool2d(3, 2, ceil_mode=True))  # the last window overhangs
     with pytest.raises(ValueError, match="square strides"):
         AnchoredDownsample(nn.AvgPool2d((2, 1), (2, 1)))
     with pytest.raises(TypeError, match=r"BlurPool2d or nn\.AvgPool2d"):

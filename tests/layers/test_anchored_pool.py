@@ -131,8 +131,10 @@ def test_errors() -> None:
         AnchoredMaxPool2d(3, 2, 1, energy="l3")  # type: ignore[arg-type]
     with pytest.raises(TypeError, match=r"nn\.MaxPool2d"):
         AnchoredMaxPool2d.from_pool(nn.AvgPool2d(2))  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="ceil_mode"):
+    with pytest.raises(ValueError, match="ceil_mode=True would not map"):  # torch adds a window: H/2 + 1
         AnchoredMaxPool2d.from_pool(nn.MaxPool2d(3, 2, 1, ceil_mode=True))
+    with pytest.raises(ValueError, match="return_indices"):
+        AnchoredMaxPool2d.from_pool(nn.MaxPool2d(3, 2, 1, return_indices=True))
     with pytest.raises(
         ValueError, match=r"17 x 16 .* \(1, 3, 17, 16\) is not a positive multiple of the stride \(2, 2\)"
     ):
@@ -141,12 +143,15 @@ def test_errors() -> None:
         AnchoredMaxPool2d(3, 2, 1)(torch.randn(3, 16, 16))
 
 
-@given(data=st.data(), config=st.sampled_from([(3, 2, 1), (2, 2, 0), (3, 3, 1), (5, 4, 2)]))
-def test_output_of_shifted_input_is_a_roll(data: st.DataObject, config: tuple[int, int, int]) -> None:
-    kernel, stride, padding = config
+@given(
+    data=st.data(),
+    config=st.sampled_from([(3, 2, 1, False), (2, 2, 0, False), (3, 3, 1, False), (5, 4, 2, False), (3, 2, 0, True)]),
+)
+def test_output_of_shifted_input_is_a_roll(data: st.DataObject, config: tuple[int, int, int, bool]) -> None:
+    kernel, stride, padding, ceil_mode = config
     x = data.draw(images(stride, max_blocks=4))
     shift = data.draw(shifts(x.shape[2], x.shape[3]))
-    pool = AnchoredMaxPool2d(kernel, stride, padding)
+    pool = AnchoredMaxPool2d(kernel, stride, padding, ceil_mode=ceil_mode)
     reference, shifted = pool(x), pool(torch.roll(x, shift, dims=(2, 3)))
     for b in range(x.shape[0]):  # max pooling does not round: exact
         assert is_some_roll(shifted[b], reference[b], dims=(1, 2)), f"sample {b}"
@@ -159,6 +164,17 @@ def test_shift_by_whole_strides_rolls_by_the_shift_over_the_stride(data: st.Data
     pool = AnchoredMaxPool2d(3, 2, 1)
     shifted = pool(torch.roll(x, (2 * blocks[0], 2 * blocks[1]), dims=(2, 3)))
     assert torch.equal(shifted, torch.roll(pool(x), blocks, dims=(2, 3)))
+
+
+def test_ceil_mode_wraps_the_last_window() -> None:
+    """VoVNet's 3 x 3, stride 2 pooling without padding in ceil mode: the window that overhangs the end wraps."""
+    x = torch.randn(2, 3, 8, 12)
+    stock = nn.MaxPool2d(3, 2, 0, ceil_mode=True)
+    pool = AnchoredMaxPool2d.from_pool(stock)
+    anchored, _ = equivit.polyphase_anchor(x, 2)
+    assert pool(x).shape == stock(x).shape == (2, 3, 4, 6)
+    expected = nn.functional.max_pool2d(nn.functional.pad(anchored, (0, 1, 0, 1), mode="circular"), 3, 2)
+    assert torch.equal(pool(x), expected)
 
 
 def test_stock_pooling_is_not_equivariant() -> None:

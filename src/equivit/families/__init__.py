@@ -8,7 +8,37 @@ from outside the package.
 
 from __future__ import annotations
 
-from equivit.families import convnext, efficientnet, pvt_v2, regnet, resnet, resnetv2, swin, twins, vit
+from equivit.families import (
+    byobnet,
+    convnext,
+    cspnet,
+    densenet,
+    dla,
+    dpn,
+    efficientnet,
+    fasternet,
+    ghostnet,
+    hgnet,
+    hrnet,
+    inception_next,
+    mambaout,
+    pvt_v2,
+    rdnet,
+    regnet,
+    repghost,
+    resnet,
+    resnetv2,
+    rexnet,
+    selecsls,
+    senet,
+    starnet,
+    swin,
+    tresnet,
+    twins,
+    vit,
+    vovnet,
+    xception_aligned,
+)
 from equivit.registry import Family, register_family
 
 __all__ = ["BUILT_IN"]
@@ -19,6 +49,11 @@ BUILT_IN: tuple[Family, ...] = tuple(
         vit.FAMILY, twins.FAMILY, swin.FAMILY, pvt_v2.FAMILY, resnet.FAMILY, convnext.FAMILY,
         efficientnet.EFFICIENTNET, efficientnet.MOBILENETV3, regnet.FAMILY,
         resnetv2.FAMILY,
+        # Networks whose branches meet at different resolutions: one anchor at the input.
+        byobnet.FAMILY, cspnet.FAMILY, dla.FAMILY, hrnet.FAMILY, densenet.FAMILY, dpn.FAMILY,
+        vovnet.FAMILY, ghostnet.FAMILY, rexnet.FAMILY, senet.FAMILY, selecsls.FAMILY, xception_aligned.FAMILY,
+        hgnet.FAMILY, repghost.FAMILY, fasternet.FAMILY, starnet.FAMILY, inception_next.FAMILY,
+        rdnet.FAMILY, mambaout.FAMILY, tresnet.FAMILY,
     )
 )  # fmt: skip
 """The families that ship with equivit, in the order they are listed."""

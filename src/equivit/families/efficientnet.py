@@ -80,7 +80,7 @@ MOBILENETV3 = Family(
     convert=convert_efficientnet,
     entry="conv_stem",
     accepted=(mobilenetv3.MobileNetV3, mobilenetv3.MobileNetV3Features, *_BLOCKS),
-    timm_modules=("mobilenetv3",),
+    timm_modules=("mobilenetv3", "hardcorenas"),
     excluded={
         "mobilenetv4_hybrid_*": (
             "MobileAttention (multi-query attention with strided keys and queries) is not converted yet"

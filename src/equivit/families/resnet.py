@@ -1,14 +1,15 @@
-"""The ResNet family: timm ``ResNet`` with ``BasicBlock`` or ``Bottleneck`` (resnet*, resnext*, wide_resnet*)."""
+"""The ResNet family: timm ``ResNet`` (resnet*, resnext*, wide_resnet*; Res2Net, ResNeSt and SK-ResNet blocks)."""
 
 from __future__ import annotations
 
+from timm.models import res2net, resnest, sknet
 from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 from torch import nn
 
-from equivit.cnn_policy import convert_sequence, pad_circularly
+from equivit.cnn_policy import convert_network, convert_sequence, pad_circularly
 from equivit.layers import AnchoredBasicBlock, AnchoredBottleneck
 from equivit.polyphase import Energy
-from equivit.registry import Example, Family
+from equivit.registry import Example, Family, module_types
 from equivit.report import ConversionReport, UnsupportedModelError
 
 __all__ = ["FAMILY", "convert_resnet"]
@@ -25,18 +26,25 @@ def _check_resnet(model: nn.Module) -> None:
         for stage in _resnet_stages(model)
         for index, block in enumerate(getattr(model, stage))
     ]
+    known = (BasicBlock, Bottleneck, *_OTHER_BLOCKS)
     for name, block in blocks:
-        if type(block) not in (BasicBlock, Bottleneck):
+        if type(block) not in known:
             raise UnsupportedModelError(
-                f"{name}: only timm's BasicBlock and Bottleneck are supported, got {type(block).__name__}"
+                f"{name}: timm's ResNet blocks ({', '.join(b.__name__ for b in known)}) are supported, got "
+                f"{type(block).__name__}"
             )
-        if type(block.drop_block) is not nn.Identity:
+        if type(getattr(block, "drop_block", nn.Identity())) is not nn.Identity:
             raise UnsupportedModelError(
                 f"{name}: DropBlock (drop_block_rate > 0) is not supported; build the model with drop_block_rate=0"
             )
 
 
 _STAGES = ("layer1", "layer2", "layer3", "layer4")
+
+# The blocks of Res2Net, ResNeSt and SK-ResNet (timm's ResNet with another block type): their
+# strided paths sit in several children (scales, splits, kernels), so those networks anchor their
+# input once instead (convert_network).
+_OTHER_BLOCKS = (*module_types(res2net), *module_types(resnest), *module_types(sknet))
 
 
 def convert_resnet(model: nn.Module, report: ConversionReport, energy: Energy) -> None:
@@ -53,7 +61,9 @@ def convert_resnet(model: nn.Module, report: ConversionReport, energy: Energy) -
     grid and are kept. Anti-aliased models (``aa_layer``: ``resnetblur*``, ``resnetaa*``) keep their
     blur, made circular, on an anchored input: in the blocks, and in the stem as an
     :class:`~equivit.layers.AnchoredDownsample` after a circular stride-1 max pooling. DropBlock
-    is refused. ``report.input_multiple`` is the product of the strides (32).
+    is refused. Res2Net, ResNeSt and SK-ResNet blocks, whose strided paths sit in several
+    children, are converted by :func:`~equivit.cnn_policy.convert_network` instead (one anchor at
+    the input, period 32). ``report.input_multiple`` is the product of the strides (32).
 
     Args:
         model: The model, changed in place: a ``ResNet``, or timm's ``features_only`` wrapper of one.
@@ -64,6 +74,11 @@ def convert_resnet(model: nn.Module, report: ConversionReport, energy: Energy) -
         UnsupportedModelError: For the variants above that are not supported.
     """
     _check_resnet(model)
+    if any(isinstance(module, _OTHER_BLOCKS) for module in model.modules()):
+        convert_network(model, report, energy, entry="conv1")
+        # timm's split attention reshapes with -1, which an empty batch leaves ambiguous.
+        report.empty_batch_ok = not any(type(module).__name__ == "SplitAttn" for module in model.modules())
+        return
     stride = convert_sequence(model, "conv1", "", report, energy)
     stride *= convert_sequence(model, "maxpool", "", report, energy)
     for stage in _resnet_stages(model):
@@ -93,19 +108,22 @@ FAMILY = Family(
     name="resnet",
     description=(
         "ResNet (resnet*, resnext*, wide_resnet*, SE/ECA variants seresnet*, ecaresnet*, resnetrs*, senet154, "
-        "anti-aliased resnetblur*, resnetaa*) built by timm's ResNet"
+        "anti-aliased resnetblur*, resnetaa*; res2net*, res2next*, resnest*, skresnet*) built by timm's ResNet"
     ),
     model_classes=(ResNet,),
     convert=convert_resnet,
     entry="conv1",
-    feature_markers=(BasicBlock, Bottleneck),
-    accepted=(ResNet, BasicBlock, Bottleneck),
-    timm_modules=("resnet",),
+    feature_markers=(BasicBlock, Bottleneck, *_OTHER_BLOCKS),
+    accepted=(ResNet, BasicBlock, Bottleneck, *_OTHER_BLOCKS),
+    timm_modules=("resnet", "res2net", "resnest", "sknet"),
     empty_batch_ok=True,
     examples={
         "resnet": Example("resnet18", {"layers": (1, 1, 1, 1)}, (64, 96)),
         "resnet_bottleneck": Example("resnet26d", {"layers": (1, 1, 1, 1)}, (64, 64)),
         "resnet_blur": Example("resnetblur18", {"layers": (1, 1, 1, 1)}, (64, 96)),
         "resnet_se_aa": Example("seresnetaa50d", {"layers": (1, 1, 1, 1)}, (64, 64)),
+        "res2net": Example("res2net50_14w_8s", {"layers": (1, 1, 1, 1)}, (64, 64), quick=False),
+        "resnest": Example("resnest14d", {"layers": (1, 1, 1, 1)}, (64, 64)),
+        "sknet": Example("skresnet18", {"layers": (1, 1, 1, 1)}, (64, 64), quick=False),
     },
 )

@@ -10,7 +10,7 @@ from equivit.layers.anchored_conv import AnchoredConv2d
 from equivit.layers.anchored_downsample import AnchoredDownsample, make_pool_circular
 from equivit.layers.anchored_mixed_conv import AnchoredMixedConv2d
 from equivit.layers.anchored_pool import AnchoredMaxPool2d, separable_max_pool2d
-from equivit.layers.anchored_residual import anchored_residual
+from equivit.layers.anchored_residual import anchored_entry, anchored_residual
 from equivit.layers.circular_conv import CircularConv2d, circular_conv2d, make_circular
 from equivit.layers.key_order import canonical_token_order
 from equivit.layers.patch_embed import AnchoredPatchEmbed
@@ -48,6 +48,7 @@ __all__ = [
     "CircularPosConv",
     "CircularSwinTransformerBlock",
     "CircularSwinTransformerV2Block",
+    "anchored_entry",
     "anchored_patch_merging",
     "anchored_pvt_stage",
     "anchored_residual",

@@ -9,7 +9,7 @@ from torch import nn
 from equivit.layers.anchored_pool import keeps_grid
 from equivit.layers.checks import check_map as _check_input
 from equivit.layers.declare import equivariant_layer
-from equivit.polyphase import Energy, _polyphase_anchor
+from equivit.polyphase import Energy, _anchored, _polyphase_anchor
 
 __all__ = ["AnchoredDownsample", "make_pool_circular"]
 
@@ -49,7 +49,9 @@ def make_pool_circular(pool: nn.Module) -> nn.Module:
         pool.pad_mode = "circular"
         return pool
     if type(pool) is nn.AvgPool2d:
-        if pool.padding not in (0, (0, 0)) or pool.ceil_mode or not keeps_grid(pool.kernel_size, stride, 0):  # type: ignore[arg-type]
+        kernel = pool.kernel_size if isinstance(pool.kernel_size, int) else max(pool.kernel_size)
+        overhangs = pool.ceil_mode and kernel > stride  # ceil_mode changes nothing when windows tile the map
+        if pool.padding not in (0, (0, 0)) or overhangs or not keeps_grid(pool.kernel_size, stride, 0):  # type: ignore[arg-type]
             raise ValueError(
                 f"AvgPool2d with kernel {pool.kernel_size}, stride {pool.stride}, padding {pool.padding} and "
                 f"ceil_mode={pool.ceil_mode}: only poolings without padding that map H x W to H/s x W/s are supported"
@@ -70,7 +72,8 @@ class AnchoredDownsample(nn.Module):
     so wrapping it leaves state dicts unchanged.
 
     Args:
-        pool: A ``BlurPool2d`` or an ``nn.AvgPool2d`` without padding (made circular in place).
+        pool: A ``BlurPool2d`` (made circular in place) or an ``nn.AvgPool2d`` (a padding of its
+            own is taken out of it and applied circularly before it).
         energy: Energy that picks the anchor, ``"l1"`` (default) or ``"l2"``.
 
     Raises:
@@ -86,9 +89,21 @@ class AnchoredDownsample(nn.Module):
         super().__init__()
         if energy not in ("l1", "l2"):
             raise ValueError(f"energy must be 'l1' or 'l2', got {energy!r}")
-        self.pool = make_pool_circular(pool)
+        padding = 0
+        if type(pool) is nn.AvgPool2d and pool.padding not in (0, (0, 0)):
+            # A padded average pooling (ResNeSt's 3 x 3, stride 2, padding 1): padded circularly here instead.
+            pad = pool.padding if isinstance(pool.padding, int) else pool.padding[0]
+            even = pool.padding in (pad, (pad, pad))
+            if not even or pool.ceil_mode or not keeps_grid(pool.kernel_size, _stride_of(pool), pad):  # type: ignore[arg-type]
+                raise ValueError(
+                    f"AvgPool2d with kernel {pool.kernel_size}, stride {pool.stride}, padding {pool.padding} and "
+                    f"ceil_mode={pool.ceil_mode} does not map H x W to H/s x W/s with an even padding"
+                )
+            pool.padding, padding = 0, int(pad)
+        self.pool = pool if padding else make_pool_circular(pool)
         self.stride = _stride_of(pool)
         self.energy = energy
+        self.circular_padding = padding
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Anchor ``x`` with period = stride, then pool.
@@ -103,9 +118,13 @@ class AnchoredDownsample(nn.Module):
             ValueError: If ``x`` is not 4-D or its size is not a positive multiple of the stride.
         """
         _check_input(x, self.stride, "AnchoredDownsample", "stride")
+        padding = self.circular_padding
+        if padding:
+            return self.pool(_anchored(x, self.stride, self.stride, self.energy, False, (padding, padding)))
         anchored, _ = _polyphase_anchor(x, self.stride, self.stride, self.energy, False)
         return self.pool(anchored)
 
     def extra_repr(self) -> str:
         """The anchoring period and energy."""
-        return f"period={self.stride}, energy={self.energy}"
+        padding = f", circular padding {self.circular_padding}" if self.circular_padding else ""
+        return f"period={self.stride}{padding}, energy={self.energy}"

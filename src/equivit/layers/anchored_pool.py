@@ -46,6 +46,15 @@ def keeps_grid(
     )
 
 
+def _pooled_size(size: int, kernel: int, stride: int, padding: int, dilation: int, ceil_mode: bool) -> int:
+    """The output length of torch's max pooling on one axis (its rule for ``ceil_mode`` included)."""
+    reach = dilation * (kernel - 1) + 1
+    if not ceil_mode:
+        return (size + 2 * padding - reach) // stride + 1
+    out = -(-(size + 2 * padding - reach) // stride) + 1
+    return out - 1 if (out - 1) * stride >= size + padding else out  # a window may not start in the padding
+
+
 def separable_max_pool2d(
     x: torch.Tensor, kernel_size: tuple[int, int], stride: tuple[int, int], dilation: tuple[int, int] = (1, 1)
 ) -> torch.Tensor:
@@ -115,6 +124,8 @@ class AnchoredMaxPool2d(nn.MaxPool2d):
         stride: Stride (default ``kernel_size``); the anchoring period.
         padding: Circular padding on each side.
         dilation: Dilation of the window.
+        ceil_mode: As in ``nn.MaxPool2d`` (VoVNet, HGNet, SENet): the last window, which overhangs
+            the end of the map, wraps around to its start instead of being cut.
         energy: Energy that picks the anchor, ``"l1"`` (default) or ``"l2"``.
 
     Raises:
@@ -132,16 +143,25 @@ class AnchoredMaxPool2d(nn.MaxPool2d):
         stride: int | tuple[int, int] | None = None,
         padding: int | tuple[int, int] = 0,
         dilation: int | tuple[int, int] = 1,
+        ceil_mode: bool = False,
         *,
         energy: Energy = "l1",
     ) -> None:
-        super().__init__(kernel_size, stride, padding, dilation)
+        super().__init__(kernel_size, stride, padding, dilation, ceil_mode=ceil_mode)
         kernel, step = _pair(self.kernel_size), normalize_stride(_pair(self.stride))
         pad, dil = _pair(self.padding), _pair(self.dilation)
-        if not keeps_grid(kernel, step, pad, dil):
+        # ceil_mode: the last window overhangs the end by this much; it wraps around instead.
+        trailing = tuple(
+            max(0, d * (k - 1) + 1 - s - 2 * p) if ceil_mode else 0
+            for k, s, p, d in zip(kernel, step, pad, dil, strict=True)
+        )
+        if not all(
+            -s <= 2 * p + t - d * (k - 1) - 1 <= -1 and _pooled_size(8 * s, k, s, p, d, ceil_mode) == 8
+            for k, s, p, d, t in zip(kernel, step, pad, dil, trailing, strict=True)
+        ):
             raise ValueError(
-                f"AnchoredMaxPool2d with kernel {kernel}, stride {step}, padding {pad} and dilation {dil} "
-                f"would not map H x W to H/{step[0]} x W/{step[1]}; use a padding p with "
+                f"AnchoredMaxPool2d with kernel {kernel}, stride {step}, padding {pad}, dilation {dil} and "
+                f"ceil_mode={ceil_mode} would not map H x W to H/{step[0]} x W/{step[1]}; use a padding p with "
                 "-s <= 2p - d(k-1) - 1 <= -1 (for example 3x3, stride 2, padding 1)"
             )
         if energy not in ("l1", "l2"):
@@ -150,6 +170,7 @@ class AnchoredMaxPool2d(nn.MaxPool2d):
         # The stride and padding as pairs of ints (nn.MaxPool2d keeps an int or a pair), typed for TorchScript.
         self.period: tuple[int, int] = step
         self.circular_padding: tuple[int, int] = pad
+        self.trailing_padding: tuple[int, int] = (int(trailing[0]), int(trailing[1]))
         self.window: tuple[int, int] = kernel
         self.window_dilation: tuple[int, int] = dil
 
@@ -166,17 +187,14 @@ class AnchoredMaxPool2d(nn.MaxPool2d):
 
         Raises:
             TypeError: If ``pool`` is not an ``nn.MaxPool2d``.
-            ValueError: If ``pool`` uses ``ceil_mode`` or ``return_indices``, or its output would not
-                be the input size divided by the stride.
+            ValueError: If ``pool`` uses ``return_indices``, or its output would not be the input
+                size divided by the stride.
         """
         if not isinstance(pool, nn.MaxPool2d):
             raise TypeError(f"expected an nn.MaxPool2d, got {type(pool).__name__}")
-        if pool.ceil_mode or pool.return_indices:
-            raise ValueError(
-                f"AnchoredMaxPool2d supports neither ceil_mode nor return_indices, got ceil_mode={pool.ceil_mode}, "
-                f"return_indices={pool.return_indices}"
-            )
-        return cls(pool.kernel_size, pool.stride, pool.padding, pool.dilation, energy=energy)  # type: ignore[arg-type]
+        if pool.return_indices:
+            raise ValueError("AnchoredMaxPool2d does not support return_indices=True")
+        return cls(pool.kernel_size, pool.stride, pool.padding, pool.dilation, pool.ceil_mode, energy=energy)  # type: ignore[arg-type]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Anchor ``x`` with period = stride, pad it circularly, then max-pool without padding.
@@ -202,7 +220,11 @@ class AnchoredMaxPool2d(nn.MaxPool2d):
                 f"{shape_text(list(x.shape))} is not a positive multiple of the stride ({sh}, {sw})"
             )
         # Roll to the anchor and pad circularly in one gather, then pool without padding.
-        anchored = _anchored(x, sh, sw, self.energy, False, self.circular_padding)
+        th, tw = self.trailing_padding
+        ph, pw = self.circular_padding
+        anchored = _anchored(x, sh, sw, self.energy, False, (ph + th, pw + tw))
+        if th or tw:  # ceil_mode: the last window wraps around; drop the extra padding before the start
+            anchored = anchored[:, :, th:, tw:]
         # The roll keeps a channels-last layout, and both poolings keep their input's.
         if x.device.type == "cpu" and not x.requires_grad:
             return separable_max_pool2d(anchored, self.window, self.period, self.window_dilation)

@@ -14,12 +14,15 @@ from equivit.layers.declare import equivariant_layer
 from equivit.layers.sharing import parent_method
 from equivit.polyphase import Energy
 
-__all__ = ["anchored_residual"]
+__all__ = ["anchored_entry", "anchored_residual"]
 
 
 _CLASSES: dict[tuple[type[nn.Module], tuple[str, ...]], type[nn.Module]] = {}
 
 _PREFIX = "_anchored__"
+
+# The children of an entry module (:func:`anchored_entry`): it anchors the network input, not a block's.
+_ENTRY = ("network_input",)
 
 
 def _class_key(stock: type[nn.Module], anchored_children: tuple[str, ...]) -> str:
@@ -35,21 +38,29 @@ def _class_key(stock: type[nn.Module], anchored_children: tuple[str, ...]) -> st
 
 def _anchored_class(stock: type[nn.Module], anchored_children: tuple[str, ...]) -> type[nn.Module]:
     """The class ``Anchored<Stock>``: a subclass of the stock block that anchors first (one per block type)."""
-    key = (stock, anchored_children)
+    key = (stock, tuple(anchored_children))
     if key not in _CLASSES:
+        entry = anchored_children == _ENTRY
         cls = type(
             f"Anchored{stock.__name__}",
             (_AnchoredInput, stock),
             {
                 "__module__": __name__,
-                "__doc__": f"{stock.__name__} (from {stock.__module__}) run on its input anchored once, for "
-                f"{', '.join(anchored_children)}; made by equivit.layers.anchored_residual.",
+                "__doc__": (
+                    f"{stock.__name__} (from {stock.__module__}) run on the network input anchored once; made by "
+                    "equivit.layers.anchored_entry."
+                    if entry
+                    else f"{stock.__name__} (from {stock.__module__}) run on its input anchored once, for "
+                    f"{', '.join(anchored_children)}; made by equivit.layers.anchored_residual."
+                ),
                 "_stock_forward": parent_method(stock.forward, "_stock_forward"),
             },
         )
         cls.__qualname__ = _class_key(stock, anchored_children)
         globals()[cls.__qualname__] = cls
-        _CLASSES[key] = equivariant_layer(period="stride", anchored_children=anchored_children)(cls)
+        declare = equivariant_layer(period="network", anchored_children=()) if entry else None
+        declare = declare or equivariant_layer(period="stride", anchored_children=anchored_children)
+        _CLASSES[key] = declare(cls)
     return _CLASSES[key]
 
 
@@ -103,4 +114,50 @@ def anchored_residual(
     new.anchor_period = int(stride)
     new.block_name = cls.__name__
     _prepare(new, int(stride), tuple(anchored_children), energy)
+    return new
+
+
+def anchored_entry(module: nn.Module, period: int, *, energy: Energy = "l1") -> nn.Module:
+    """Anchor a network's input once, in the module that receives the images (its stem).
+
+    In a network whose branches meet at different resolutions (HRNet's fusions, DLA's trees, the
+    dense connections of DenseNet and DPN, CSPNet's split stages), anchoring each strided operator
+    alone lets parallel paths pick different phases. Rolling the network input to its polyphase
+    anchor with ``period`` = the network's total stride fixes this: after it, a circular shift of
+    the image reaches the network as a shift by a multiple of ``period``, which every later grid
+    (of reduction ``r`` dividing ``period``) sees as a whole-cell shift by ``shift / r``, so
+    circular padding keeps every path exact and aligned, and every anchored layer inside picks
+    the same phase as before the shift.
+
+    The returned module is of a subclass of ``type(module)`` (``Anchored<Stem>``, one per type)
+    that anchors its input then runs the stock ``forward``; it holds new module objects with
+    ``module``'s own parameters and buffers (state-dict keys unchanged); ``module`` is left as it
+    was. Convert the layers inside ``module`` (circular padding, anchored strided layers) first.
+
+    Args:
+        module: The stock entry module (already converted inside).
+        period: The network's total stride (the least common multiple of its reductions).
+        energy: Energy that picks the anchor.
+
+    Returns:
+        The anchored entry module.
+
+    Raises:
+        ValueError: If ``period`` is not a positive int or ``energy`` is unknown.
+
+    Shape:
+        - input: :math:`(B, C, H, W)`, ``H`` and ``W`` multiples of ``period``
+        - output: that of ``module``
+    """
+    if not isinstance(period, int) or isinstance(period, bool) or period < 1:
+        raise ValueError(f"anchored_entry needs a positive int period, got {period!r}")
+    if energy not in ("l1", "l2"):
+        raise ValueError(f"energy must be 'l1' or 'l2', got {energy!r}")
+    cls = _anchored_class(type(module), _ENTRY)
+    shared: dict[int, Any] = {id(t): t for t in itertools.chain(module.parameters(), module.buffers())}
+    new = copy.deepcopy(module, memo=shared)  # new modules, the same tensors
+    new.__class__ = cls
+    new.energy = energy
+    new.anchor_period = period
+    new.block_name = cls.__name__
     return new
