@@ -82,9 +82,15 @@ def _audit_reason(name: str) -> str:
     with torch.device("meta"), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = timm.create_model(name, pretrained=False)
-    flagged = Counter(f"{kind} ({problem})" for _, kind, problem in equivariance_violations(model))
-    shown = [text for text, _ in flagged.most_common(3)]
-    return "no family; the audit flags " + "; ".join(shown) if shown else "no family"
+    violations = equivariance_violations(model)
+    # What breaks equivariance in known parts first (padding, strides, position embeddings), then
+    # the block types a family would have to take apart.
+    known = Counter(problem.split(" (")[0] for _, _, problem in violations if problem != "unknown module type")
+    unknown = Counter(kind for _, kind, problem in violations if problem == "unknown module type")
+    parts = [f"{problem} x {count}" for problem, count in known.most_common(3)]
+    if unknown:
+        parts.append("unknown to the audit: " + ", ".join(kind for kind, _ in unknown.most_common(3)))
+    return "no family; " + "; ".join(parts) if parts else "no family"
 
 
 def _excluded_reason(family: Family, name: str) -> str:

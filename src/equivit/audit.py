@@ -80,6 +80,8 @@ def _is_activation(module: nn.Module) -> bool:
 def _conv_problem(conv: nn.Conv2d) -> str | None:
     if isinstance(conv, AnchoredConv2d):  # anchored with period = stride
         return None
+    if any(type(conv) is declaration.layer and declaration.period for declaration in declared_layers()):
+        return None  # a declared anchored convolution (the circular weight-standardised ones)
     if tuple(conv.stride) != (1, 1):
         return f"strided convolution (stride {tuple(conv.stride)}) without anchoring"
     pads = conv.padding if not isinstance(conv.padding, str) else (conv.padding,)

@@ -19,6 +19,7 @@ from equivit.layers import (
 )
 from equivit.layers.anchored_pool import keeps_grid
 from equivit.layers.anchored_residual import anchored_entry, anchored_residual
+from equivit.layers.circular_std_conv import circular_std_conv, is_std_conv
 from equivit.layers.declare import declared_layers
 from equivit.polyphase import Energy
 from equivit.report import ConversionReport, UnsupportedModelError
@@ -94,6 +95,13 @@ def pad_circularly(conv: nn.Module, name: str, report: ConversionReport) -> None
         report.add(name, f"Conv2dSame {tuple(conv.kernel_size)}, dynamic zero padding", "same, circular padding")
         make_conv_circular(conv)  # type: ignore[arg-type]
         return
+    if type(conv) is nn.Conv2d and conv.padding == "same":  # torch's own "same": even split for odd reaches
+        reach = [d * (k - 1) for d, k in zip(conv.dilation, conv.kernel_size, strict=True)]
+        if any(r % 2 for r in reach):
+            raise UnsupportedModelError(
+                f"{name}: padding='same' with an even kernel pads unevenly; it is not supported"
+            )
+        conv.padding = (reach[0] // 2, reach[1] // 2)
     conv = plain_conv(conv, name)
     if all(p == 0 for p in conv.padding):  # type: ignore[union-attr]
         return
@@ -116,6 +124,15 @@ def convert_sequence(parent: nn.Module, child: str, prefix: str, report: Convers
         stride = 1
         for index in range(len(module)):
             stride *= convert_sequence(module, str(index), f"{name}.", report, energy)
+        return stride
+    if is_std_conv(module):  # weight-standardised (BiT, NFNet): its own circular subclass
+        try:
+            setattr(parent, child, circular_std_conv(module, energy=energy))
+        except ValueError as error:
+            raise UnsupportedModelError(f"{name}: {error}") from error
+        stride = int(module.stride[0])
+        after = f"Circular{type(module).__name__}" + (f" (period {stride})" if stride > 1 else "")
+        report.add(name, f"{type(module).__name__} {tuple(module.kernel_size)} stride {stride}", after)
         return stride
     if isinstance(module, nn.Conv2d):
         if tuple(module.stride) == (1, 1):

@@ -12,8 +12,8 @@ from timm.layers import BatchNormAct2d, create_conv2d
 from timm.models import regnet, resnetv2
 from torch import nn
 
-from equivit.layers import anchored_residual
-from equivit.testing import perturb_weights_
+from equivit.layers import AnchoredConv2d, AnchoredDownsample, anchored_entry, anchored_residual, make_circular
+from equivit.testing import assert_shift_equivariant, make_images, perturb_weights_
 
 
 def _regnet_block(dtype: torch.dtype = torch.float32, downsample: str = "conv1x1") -> nn.Module:
@@ -88,3 +88,64 @@ def test_a_saved_model_loads_in_a_new_process(tmp_path) -> None:
         "assert torch.equal(saved['block'](saved['x']), saved['y'])"
     ).format(str(tmp_path / "block.pt"))
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def _two_strided_paths(dtype: torch.dtype = torch.float32) -> nn.Module:
+    """A stem whose two paths downsample apart and meet: a strided 3x3 conv path and a pooled 1x1 path."""
+
+    class TwoPaths(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Sequential(nn.Conv2d(4, 4, 3, 2, 1), nn.ReLU(), nn.Conv2d(4, 4, 3, 2, 1))
+            self.pool = nn.Sequential(nn.AvgPool2d(4, 4), nn.Conv2d(4, 4, 1))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.conv(x) + self.pool(x)
+
+    torch.manual_seed(0)
+    return TwoPaths().to(dtype).eval()
+
+
+class TestAnchoredEntry(LayerContract):
+    """One anchor of period 4 on the input; inside, plain strided circular convolutions and poolings."""
+
+    stride = 4
+    bad_inputs = (
+        (lambda: torch.randn(1, 4, 8, 6), r"8 x 6 of input shape \(1, 4, 8, 6\) is not a positive multiple of the"),
+        (lambda: torch.randn(4, 8, 8), "4-D"),
+    )
+
+    def make(self, dtype: torch.dtype = torch.float32) -> nn.Module:
+        stem = _two_strided_paths(dtype)
+        for conv in (stem.conv[0], stem.conv[2]):
+            make_circular(conv)
+        return anchored_entry(stem, 4).eval()
+
+    def make_stock(self) -> nn.Module:
+        return _two_strided_paths()
+
+
+def test_anchoring_each_path_alone_misaligns_them() -> None:
+    """Negative control: an anchor per strided layer lets the two paths pick different phases."""
+    stem = _two_strided_paths()
+    stem.conv[0] = AnchoredConv2d.from_conv(stem.conv[0], padding_mode="circular")
+    stem.conv[2] = AnchoredConv2d.from_conv(stem.conv[2], padding_mode="circular")
+    stem.pool[0] = AnchoredDownsample(stem.pool[0])
+    x = make_images("random", (4, 4, 16, 16), seed=0).float()
+    with pytest.raises(AssertionError, match="not shift-equivariant"), torch.no_grad():
+        assert_shift_equivariant(stem, x, shifts_per_input=4)
+
+
+def test_entry_errors() -> None:
+    with pytest.raises(ValueError, match="positive int period"):
+        anchored_entry(nn.Conv2d(3, 3, 3), 0)
+    with pytest.raises(ValueError, match="energy"):
+        anchored_entry(nn.Conv2d(3, 3, 3), 2, energy="l3")  # type: ignore[arg-type]
+
+
+def test_an_entry_keeps_its_state_dict_and_pickles() -> None:
+    stem = _two_strided_paths()
+    entry = anchored_entry(stem, 4)
+    assert entry.state_dict().keys() == stem.state_dict().keys()
+    assert type(entry).__name__ == "AnchoredTwoPaths"
+    assert "period=4" in repr(entry)

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from equivit.families import (
     byobnet,
+    convmixer,
     convnext,
     cspnet,
+    cspnext,
     densenet,
     dla,
     dpn,
@@ -21,7 +23,9 @@ from equivit.families import (
     hgnet,
     hrnet,
     inception_next,
+    lcnetv2,
     mambaout,
+    nfnet,
     pvt_v2,
     rdnet,
     regnet,
@@ -53,7 +57,7 @@ BUILT_IN: tuple[Family, ...] = tuple(
         byobnet.FAMILY, cspnet.FAMILY, dla.FAMILY, hrnet.FAMILY, densenet.FAMILY, dpn.FAMILY,
         vovnet.FAMILY, ghostnet.FAMILY, rexnet.FAMILY, senet.FAMILY, selecsls.FAMILY, xception_aligned.FAMILY,
         hgnet.FAMILY, repghost.FAMILY, fasternet.FAMILY, starnet.FAMILY, inception_next.FAMILY,
-        rdnet.FAMILY, mambaout.FAMILY, tresnet.FAMILY,
+        rdnet.FAMILY, mambaout.FAMILY, tresnet.FAMILY, nfnet.FAMILY, cspnext.FAMILY, lcnetv2.FAMILY, convmixer.FAMILY,
     )
 )  # fmt: skip
 """The families that ship with equivit, in the order they are listed."""

@@ -43,6 +43,6 @@ FAMILY = Family(
     timm_modules=("ghostnet",),
     empty_batch_ok=True,
     examples={
-        "ghostnet": Example("ghostnet_050", {}, (64, 64)),
+        "ghostnet": Example("ghostnet_050", {}, (64, 64), quick=False),
     },
 )

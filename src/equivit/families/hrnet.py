@@ -55,6 +55,6 @@ FAMILY = Family(
     timm_modules=("hrnet",),
     empty_batch_ok=True,
     examples={
-        "hrnet": Example("hrnet_w18_small", {}, (64, 64)),
+        "hrnet": Example("hrnet_w18_small", {}, (64, 64), quick=False),
     },
 )

@@ -119,8 +119,8 @@ FAMILY = Family(
     empty_batch_ok=True,
     examples={
         "resnet": Example("resnet18", {"layers": (1, 1, 1, 1)}, (64, 96)),
-        "resnet_bottleneck": Example("resnet26d", {"layers": (1, 1, 1, 1)}, (64, 64)),
-        "resnet_blur": Example("resnetblur18", {"layers": (1, 1, 1, 1)}, (64, 96)),
+        "resnet_bottleneck": Example("resnet26d", {"layers": (1, 1, 1, 1)}, (64, 64), quick=False),
+        "resnet_blur": Example("resnetblur18", {"layers": (1, 1, 1, 1)}, (64, 96), quick=False),
         "resnet_se_aa": Example("seresnetaa50d", {"layers": (1, 1, 1, 1)}, (64, 64)),
         "res2net": Example("res2net50_14w_8s", {"layers": (1, 1, 1, 1)}, (64, 64), quick=False),
         "resnest": Example("resnest14d", {"layers": (1, 1, 1, 1)}, (64, 64)),

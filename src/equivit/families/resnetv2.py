@@ -4,20 +4,26 @@ Every strided block anchors its input once for its strided convolution and its d
 shortcut (:func:`~equivit.layers.anchored_residual`); the pre-activation norm before the shortcut
 acts on each position, so anchoring the block input anchors both. The stem's strided convolutions
 and pooling are anchored one by one, every other convolution pads circularly. No parameter is added
-or renamed; inputs must be multiples of 32. BiT models (weight-standardised convolutions) are not
-converted yet.
+or renamed; inputs must be multiples of 32. BiT models (``*_bit``), whose weight-standardised
+convolutions (``StdConv2d``) cannot share an anchor in a generated block, anchor their input once
+instead (:func:`~equivit.cnn_policy.convert_network`), each convolution made circular in its own
+subclass (:func:`~equivit.layers.circular_std_conv`).
 """
 
 from __future__ import annotations
 
-import functools
+import itertools
 
+from timm.layers.std_conv import StdConv2d
 from timm.models import resnetv2
+from torch import nn
 
-from equivit.cnn_policy import convert_residual_cnn
+from equivit.cnn_policy import convert_network, convert_residual_cnn
+from equivit.polyphase import Energy
 from equivit.registry import Example, Family, types_named
+from equivit.report import ConversionReport
 
-__all__ = ["FAMILY"]
+__all__ = ["FAMILY", "convert_resnetv2"]
 
 # The strided blocks downsample in a 3 x 3 convolution and in the shortcut (a strided 1 x 1
 # convolution, or average pooling then a 1 x 1 convolution).
@@ -28,11 +34,41 @@ _SHARED_ANCHOR = {
 }
 
 
+def _fold_fixed_padding(model: nn.Module, report: ConversionReport) -> None:
+    """Fold BiT's separate stem padding into its pooling.
+
+    BiT's "fixed" stem pads with a ``ConstantPad2d`` before an unpadded max pooling; the pooling
+    then pads itself instead, and is made circular with its padding like any other.
+    """
+    for name, module in model.named_modules():
+        children = list(module.named_children())
+        for (pad_name, pad), (_, pool) in itertools.pairwise(children):
+            if type(pad) is nn.ConstantPad2d and type(pool) is nn.MaxPool2d and pool.padding in (0, (0, 0)):
+                amounts = set(pad.padding)
+                if len(amounts) == 1:
+                    pool.padding = amounts.pop()
+                    setattr(module, pad_name, nn.Identity())
+                    report.add(f"{name}.{pad_name}" if name else pad_name, "ConstantPad2d", "folded into the pooling")
+
+
+def convert_resnetv2(model: nn.Module, report: ConversionReport, energy: Energy) -> None:
+    """One anchor per strided block (:func:`~equivit.cnn_policy.convert_residual_cnn`); BiT: one at the input.
+
+    Raises:
+        UnsupportedModelError: For a part that cannot be converted, naming it.
+    """
+    if any(isinstance(module, StdConv2d) for module in model.modules()):
+        _fold_fixed_padding(model, report)
+        convert_network(model, report, energy, entry="stem")
+    else:
+        convert_residual_cnn(model, report, energy, blocks=_SHARED_ANCHOR)
+
+
 FAMILY = Family(
     name="resnetv2",
-    description="ResNetV2: pre-activation ResNets (resnetv2_*) built by timm's ResNetV2",
+    description="ResNetV2: pre-activation ResNets (resnetv2_*) and BiT (*_bit) built by timm's ResNetV2",
     model_classes=(resnetv2.ResNetV2,),
-    convert=functools.partial(convert_residual_cnn, blocks=_SHARED_ANCHOR),
+    convert=convert_resnetv2,
     entry="stem",
     feature_markers=(resnetv2.ResNetStage,),
     accepted=(
@@ -43,11 +79,9 @@ FAMILY = Family(
         *_SHARED_ANCHOR,
     ),
     timm_modules=("resnetv2",),
-    excluded={
-        "*_bit": "BiT's weight-standardised convolutions (StdConv2d) pad with zeros; they are not converted yet",
-    },
     empty_batch_ok=True,
     examples={
         "resnetv2": Example("resnetv2_18d", {}, (64, 64)),
+        "resnetv2_bit": Example("resnetv2_50x1_bit", {}, (64, 64), quick=False),
     },
 )

@@ -12,6 +12,13 @@ from equivit.layers.anchored_mixed_conv import AnchoredMixedConv2d
 from equivit.layers.anchored_pool import AnchoredMaxPool2d, separable_max_pool2d
 from equivit.layers.anchored_residual import anchored_entry, anchored_residual
 from equivit.layers.circular_conv import CircularConv2d, circular_conv2d, make_circular
+from equivit.layers.circular_std_conv import (
+    CircularScaledStdConv2d,
+    CircularScaledStdConv2dSame,
+    CircularStdConv2d,
+    CircularStdConv2dSame,
+    circular_std_conv,
+)
 from equivit.layers.key_order import canonical_token_order
 from equivit.layers.patch_embed import AnchoredPatchEmbed
 from equivit.layers.patch_merging import AnchoredPatchMerging, AnchoredPatchMergingV2, anchored_patch_merging
@@ -46,6 +53,10 @@ __all__ = [
     "AnchoredSwinTransformerV2Stage",
     "CircularConv2d",
     "CircularPosConv",
+    "CircularScaledStdConv2d",
+    "CircularScaledStdConv2dSame",
+    "CircularStdConv2d",
+    "CircularStdConv2dSame",
     "CircularSwinTransformerBlock",
     "CircularSwinTransformerV2Block",
     "anchored_entry",
@@ -55,6 +66,7 @@ __all__ = [
     "anchored_swin_stage",
     "canonical_token_order",
     "circular_conv2d",
+    "circular_std_conv",
     "make_circular",
     "make_conv_circular",
     "make_pool_circular",
