@@ -141,6 +141,8 @@ def test_entry_errors() -> None:
         anchored_entry(nn.Conv2d(3, 3, 3), 0)
     with pytest.raises(ValueError, match="energy"):
         anchored_entry(nn.Conv2d(3, 3, 3), 2, energy="l3")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="already anchors its input"):
+        anchored_entry(anchored_residual(_regnet_block(), 2, ("conv2", "downsample")), 4)
 
 
 def test_an_entry_keeps_its_state_dict_and_pickles() -> None:

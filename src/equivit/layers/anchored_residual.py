@@ -153,6 +153,8 @@ def anchored_entry(module: nn.Module, period: int, *, energy: Energy = "l1") -> 
         raise ValueError(f"anchored_entry needs a positive int period, got {period!r}")
     if energy not in ("l1", "l2"):
         raise ValueError(f"energy must be 'l1' or 'l2', got {energy!r}")
+    if isinstance(module, _AnchoredInput):
+        raise ValueError(f"{type(module).__name__} already anchors its input; anchor the network input before it")
     cls = _anchored_class(type(module), _ENTRY)
     shared: dict[int, Any] = {id(t): t for t in itertools.chain(module.parameters(), module.buffers())}
     new = copy.deepcopy(module, memo=shared)  # new modules, the same tensors

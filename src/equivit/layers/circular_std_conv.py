@@ -65,9 +65,10 @@ class _CircularStd(nn.Module):
         ph, pw = max(top, bottom), max(left, right)
         padded = _anchored(x, period, period, self.energy, False, (ph, pw))
         padded = padded[:, :, ph - top : padded.shape[2] - (ph - bottom), pw - left : padded.shape[3] - (pw - right)]
-        return self._stock_forward(padded)
+        return self._std_conv_forward(padded)
 
-    def _stock_forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _std_conv_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The stock forward of the convolution (each class below refers to its parent's function)."""
         raise NotImplementedError
 
     def extra_repr(self) -> str:
@@ -82,28 +83,28 @@ class _CircularStd(nn.Module):
 class CircularStdConv2d(_CircularStd, StdConv2d):
     """timm's ``StdConv2d`` (BiT) with circular padding, anchored with period = stride when strided."""
 
-    _stock_forward = parent_method(StdConv2d.forward, "_stock_forward")
+    _std_conv_forward = parent_method(StdConv2d.forward, "_std_conv_forward")
 
 
 @equivariant_layer(period="stride")
 class CircularStdConv2dSame(_CircularStd, StdConv2dSame):
     """timm's ``StdConv2dSame`` with its "same" split made circular, anchored with period = stride when strided."""
 
-    _stock_forward = parent_method(StdConv2dSame.forward, "_stock_forward")
+    _std_conv_forward = parent_method(StdConv2dSame.forward, "_std_conv_forward")
 
 
 @equivariant_layer(period="stride")
 class CircularScaledStdConv2d(_CircularStd, ScaledStdConv2d):
     """timm's ``ScaledStdConv2d`` (NFNet) with circular padding, anchored with period = stride when strided."""
 
-    _stock_forward = parent_method(ScaledStdConv2d.forward, "_stock_forward")
+    _std_conv_forward = parent_method(ScaledStdConv2d.forward, "_std_conv_forward")
 
 
 @equivariant_layer(period="stride")
 class CircularScaledStdConv2dSame(_CircularStd, ScaledStdConv2dSame):
     """timm's ``ScaledStdConv2dSame`` (NFNet-F) with its "same" split made circular, anchored when strided."""
 
-    _stock_forward = parent_method(ScaledStdConv2dSame.forward, "_stock_forward")
+    _std_conv_forward = parent_method(ScaledStdConv2dSame.forward, "_std_conv_forward")
 
 
 _CIRCULAR: dict[type[nn.Module], type[nn.Module]] = {

@@ -34,7 +34,9 @@ def perturb_weights_(model: nn.Module, *, seed: int = 0, only: Collection[str] |
     - norm weights to ``1 + 0.5 * N(0, 1)`` and norm biases to ``0.2 * N(0, 1)``;
     - ``pos_embed`` to ``0.5 * N(0, 1)`` and the prefix tokens to ``N(0, 1)``;
     - positional convolutions (``pos_conv``, Twins' ``pos_block``) to ``0.2 * N(0, 1)``;
-    - Swin's relative position bias tables to ``N(0, 1)`` (timm initialises them at 0.02).
+    - Swin's relative position bias tables to ``N(0, 1)`` (timm initialises them at 0.02);
+    - the gains of weight-standardised convolutions and NFNet's ``skipinit_gain`` (the last one of
+      each block starts at 0, which silences the residual branch) to ``1 + 0.5 * N(0, 1)``.
 
     Args:
         model: The model, changed in place.
@@ -51,6 +53,8 @@ def perturb_weights_(model: nn.Module, *, seed: int = 0, only: Collection[str] |
             name = prefix + param_name
             if _is_norm(module):
                 targets[name] = (param, 1.0 if param_name == "weight" else 0.0, 0.5 if param_name == "weight" else 0.2)
+            elif param_name in ("gain", "skipinit_gain"):
+                targets[name] = (param, 1.0, 0.5)
             elif _is_positional_conv(module_name, module):
                 targets[name] = (param, 0.0, 0.2)
             elif param_name == "pos_embed":
