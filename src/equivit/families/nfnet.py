@@ -31,6 +31,6 @@ FAMILY = Family(
     timm_modules=("nfnet",),
     empty_batch_ok=True,
     examples={
-        "nfnet": Example("nf_regnet_b0", {}, (64, 64)),
+        "nfnet": Example("nf_regnet_b0", {}, (64, 64), quick=False),
     },
 )
