@@ -22,7 +22,7 @@ from equivit.layers.anchored_residual import anchored_entry, anchored_residual
 from equivit.layers.circular_std_conv import circular_std_conv, is_std_conv
 from equivit.layers.declare import declared_layers
 from equivit.polyphase import Energy
-from equivit.report import ConversionReport, UnsupportedModelError
+from equivit.report import ConversionReport, UnsupportedModelError, entry_path
 
 __all__ = [
     "anchor_network_input",
@@ -342,17 +342,6 @@ def total_stride(model: nn.Module) -> int:
     return math.lcm(*reductions)
 
 
-def _entry_path(model: nn.Module, entry: str) -> str:
-    """The path of the module that receives the images: ``entry``, or the first module of a flattened wrapper."""
-    from timm.models._features import FeatureDictNet, FeatureGetterNet, FeatureHookNet
-
-    if isinstance(model, FeatureDictNet | FeatureHookNet):  # and FeatureListNet: runs its modules in order
-        return next(iter(model.keys()))
-    if isinstance(model, FeatureGetterNet):
-        return f"model.{entry}"
-    return entry
-
-
 def anchor_network_input(model: nn.Module, report: ConversionReport, energy: Energy, entry: str, period: int) -> None:
     """Anchor the network input once, in its entry module (:func:`~equivit.layers.anchored_entry`).
 
@@ -363,7 +352,7 @@ def anchor_network_input(model: nn.Module, report: ConversionReport, energy: Ene
         entry: Path of the entry module in the model (the family's ``entry``).
         period: The anchoring period, the network's total stride.
     """
-    path = _entry_path(model, entry)
+    path = entry_path(model, entry)
     stem = model.get_submodule(path)
     model.set_submodule(path, anchored_entry(stem, period, energy=energy))
     report.add(path, type(stem).__name__, f"input anchored (period {period}), then {type(stem).__name__}")

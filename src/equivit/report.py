@@ -14,6 +14,7 @@ __all__ = [
     "Replacement",
     "UnsupportedModelError",
     "check_images",
+    "entry_path",
     "install_input_check",
 ]
 
@@ -245,17 +246,30 @@ def _empty_batch_ok(report: ConversionReport) -> bool:
     return family_named(report.family).empty_batch_ok
 
 
-def _entry_module(model: nn.Module, family: str) -> nn.Module:
-    """The first module that receives the images (where the check is installed)."""
+def entry_path(model: nn.Module, entry: str) -> str:
+    """The path of the module that receives the images: ``entry``, or the first module of timm's flattened wrappers.
+
+    Args:
+        model: A model, or timm's ``features_only`` wrapper of one.
+        entry: The family's entry path in the model (:attr:`equivit.registry.Family.entry`).
+
+    Returns:
+        The path in ``model``.
+    """
     from timm.models._features import FeatureDictNet, FeatureGetterNet, FeatureHookNet
 
+    if isinstance(model, FeatureDictNet | FeatureHookNet):  # and FeatureListNet: runs its modules in order
+        return next(iter(model.keys()))
+    if isinstance(model, FeatureGetterNet):
+        return f"model.{entry}"
+    return entry
+
+
+def _entry_module(model: nn.Module, family: str) -> nn.Module:
+    """The first module that receives the images (where the check is installed)."""
     from equivit.registry import family_named
 
-    if isinstance(model, FeatureDictNet | FeatureHookNet):  # and FeatureListNet: runs its modules in order
-        return next(iter(model.values()))
-    if isinstance(model, FeatureGetterNet):
-        model = model.model
-    return model.get_submodule(family_named(family).entry)
+    return model.get_submodule(entry_path(model, family_named(family).entry))
 
 
 def install_input_check(model: nn.Module, report: ConversionReport, model_name: str) -> nn.Module:

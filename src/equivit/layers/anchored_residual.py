@@ -75,6 +75,17 @@ def __getattr__(name: str) -> type[nn.Module]:
     return _anchored_class(stock, tuple(children))  # type: ignore[arg-type]
 
 
+def _copy_as(module: nn.Module, cls: type[nn.Module], period: int, energy: str) -> nn.Module:
+    """New module objects of class ``cls`` holding ``module``'s own parameters and buffers, with the anchor settings."""
+    shared: dict[int, Any] = {id(t): t for t in itertools.chain(module.parameters(), module.buffers())}
+    new = copy.deepcopy(module, memo=shared)  # new modules, the same tensors
+    new.__class__ = cls
+    new.energy = energy
+    new.anchor_period = period
+    new.block_name = cls.__name__
+    return new
+
+
 def anchored_residual(
     block: nn.Module, stride: int, anchored_children: tuple[str, ...], *, energy: Energy = "l1"
 ) -> nn.Module:
@@ -106,13 +117,7 @@ def anchored_residual(
         - input: :math:`(B, C_{in}, H, W)`, ``H`` and ``W`` multiples of ``stride``
         - output: :math:`(B, C_{out}, H / s, W / s)`
     """
-    cls = _anchored_class(type(block), tuple(anchored_children))
-    shared: dict[int, Any] = {id(t): t for t in itertools.chain(block.parameters(), block.buffers())}
-    new = copy.deepcopy(block, memo=shared)  # new modules, the same tensors
-    new.__class__ = cls
-    new.energy = energy
-    new.anchor_period = int(stride)
-    new.block_name = cls.__name__
+    new = _copy_as(block, _anchored_class(type(block), tuple(anchored_children)), int(stride), energy)
     _prepare(new, int(stride), tuple(anchored_children), energy)
     return new
 
@@ -155,11 +160,4 @@ def anchored_entry(module: nn.Module, period: int, *, energy: Energy = "l1") -> 
         raise ValueError(f"energy must be 'l1' or 'l2', got {energy!r}")
     if isinstance(module, _AnchoredInput):
         raise ValueError(f"{type(module).__name__} already anchors its input; anchor the network input before it")
-    cls = _anchored_class(type(module), _ENTRY)
-    shared: dict[int, Any] = {id(t): t for t in itertools.chain(module.parameters(), module.buffers())}
-    new = copy.deepcopy(module, memo=shared)  # new modules, the same tensors
-    new.__class__ = cls
-    new.energy = energy
-    new.anchor_period = period
-    new.block_name = cls.__name__
-    return new
+    return _copy_as(module, _anchored_class(type(module), _ENTRY), period, energy)
