@@ -69,17 +69,17 @@ def test_inductor(family: str) -> None:
     _check_compiled(family, "inductor")
 
 
-def _anchor_offsets(x: torch.Tensor) -> torch.Tensor:
+def _offsets_4x8(x: torch.Tensor) -> torch.Tensor:
     return equivit.anchor_offsets(x, (4, 8))
 
 
 def test_compiled_anchor_matches_eager_on_tied_and_natural_inputs() -> None:
     """Inductor's always-run tie-break chooses as eager's CPU path (tie-break on tied samples only)."""
     torch._dynamo.reset()
-    compiled = torch.compile(_anchor_offsets, fullgraph=True, backend="inductor", dynamic=False)
+    compiled = torch.compile(_offsets_4x8, fullgraph=True, backend="inductor", dynamic=False)
     for seed, family in enumerate(("random", "binary", "signed_checkerboard", "constant", "sparse_dots")):
         x = make_images(family, (4, 3, 32, 48), seed=seed)
-        assert torch.equal(compiled(x), _anchor_offsets(x)), family
+        assert torch.equal(compiled(x), _offsets_4x8(x)), family
 
 
 # Operators that read a device value on the host or size their output by the data.

@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 import equivit
 from equivit import fused
 from equivit.device_paths import accelerator_paths
-from equivit.polyphase import _energy, normalize_stride
+from equivit.energy import phase_energies
+from equivit.polyphase import normalize_stride
 from equivit.roll import _roll
 from equivit.testing import FAMILIES, make_images
 from helpers import anchor_consistency
@@ -157,12 +158,12 @@ def test_plane_energies_are_bit_identical_to_the_plain_ops(
     if data.draw(st.booleans()):
         x[0, 0, 0, 0] = float("nan")
         x[1, -1, -1, -1] = float("inf")
-    norms = _energy(x, height, width, l1, False)
-    assert torch.equal(norms, _plain(_energy, x, height, width, l1, False))
-    energies = _energy(x, sh, sw, l1, False)
-    torch.testing.assert_close(energies, _plain(_energy, x, sh, sw, l1, False), rtol=1e-12, atol=0)
+    norms = phase_energies(x, height, width, l1, False)
+    assert torch.equal(norms, _plain(phase_energies, x, height, width, l1, False))
+    energies = phase_energies(x, sh, sw, l1, False)
+    torch.testing.assert_close(energies, _plain(phase_energies, x, sh, sw, l1, False), rtol=1e-12, atol=0)
     integers = torch.randint(-255, 256, x.shape, generator=generator).to(dtype)
-    assert torch.equal(_energy(integers, sh, sw, l1, False), _plain(_energy, integers, sh, sw, l1, False))
+    assert torch.equal(phase_energies(integers, sh, sw, l1, False), _plain(phase_energies, integers, sh, sw, l1, False))
 
 
 @given(data=st.data(), stride=STRIDES, channels=st.integers(1, 70), l1=st.booleans(), seed=st.integers(0, 2**31 - 1))
@@ -175,7 +176,7 @@ def test_token_energies_are_the_norms_within_rounding(
     x = torch.randn(2, height, width, channels, generator=torch.Generator().manual_seed(seed))
     values = x.double().abs() if l1 else x.double().square()
     exact = values.sum(-1).view(2, height // sh, sh, width // sw, sw).sum(dim=(1, 3))
-    torch.testing.assert_close(_energy(x, sh, sw, l1, True), exact, rtol=1e-6, atol=0)
+    torch.testing.assert_close(phase_energies(x, sh, sw, l1, True), exact, rtol=1e-6, atol=0)
 
 
 @given(
@@ -222,8 +223,8 @@ def test_energies_move_with_a_shift_bit_for_bit(
     dims = (1, 2) if channels_last else (2, 3)
     shift = data.draw(st.tuples(st.integers(0, height - 1), st.integers(0, width - 1)))
     with fused.use_fused_kernels(path == "fused"), accelerator_paths(path == "accelerator"):
-        energies = _energy(x, sh, sw, l1, channels_last)
-        shifted = _energy(torch.roll(x, shift, dims=dims), sh, sw, l1, channels_last)
+        energies = phase_energies(x, sh, sw, l1, channels_last)
+        shifted = phase_energies(torch.roll(x, shift, dims=dims), sh, sw, l1, channels_last)
     assert torch.equal(shifted, torch.roll(energies, shift, dims=(1, 2)))
 
 
@@ -251,7 +252,7 @@ def test_anchors_match_the_plain_ops_for_every_family(
     same = (offsets == offsets_plain).all(dim=1)
     if layout == "planes":
         assert bool(same.all()), f"{family} {layout} {x.shape} stride {(sh, sw)}"
-    energies = _plain(_energy, x, sh, sw, True, channels_last)
+    energies = _plain(phase_energies, x, sh, sw, True, channels_last)
     for b in torch.nonzero(~same).flatten().tolist():
         picked, plain = energies[b, offsets[b, 0], offsets[b, 1]], energies[b, offsets_plain[b, 0], offsets_plain[b, 1]]
         assert abs(float(picked - plain)) <= 1e-6 * float(plain), f"{family} {x.shape}: {picked} vs {plain}"

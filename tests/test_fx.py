@@ -123,6 +123,40 @@ def test_feature_extractor_equals_eager_and_moves_with_the_image(
         assert_shift_equivariant(feature, images, output_stride=stride if stride > 0 else None, atol=1e-5)
 
 
+@pytest.mark.parametrize(("name", "size", "kwargs", "nodes"), NODE_CONFIGS, ids=IDS)
+def test_traced_graphs_script(
+    name: str, size: tuple[int, int], kwargs: dict[str, object], nodes: dict[str, Layout]
+) -> None:
+    """Graphs traced from converted models script, as timm's own tests do with stock ones."""
+    model = _converted(name)
+    images = photos(size)[:2]
+    checked = equivit.fx.create_feature_extractor(model, list(nodes))
+    for extractor in (checked, timm.models.create_feature_extractor(model, list(nodes))):
+        scripted = torch.jit.script(extractor)
+        with torch.no_grad():
+            expected, actual = extractor(images), scripted(images)
+        assert list(actual) == list(expected)
+        for node in nodes:
+            torch.testing.assert_close(actual[node], expected[node], rtol=1e-5, atol=1e-5)
+    # The input check of equivit's extractor is a Python hook: scripting copies the graph, the eager one keeps it.
+    assert len(checked._forward_pre_hooks) == 1
+
+
+def test_scripted_feature_graph_net_matches_and_rejects_bad_sizes() -> None:
+    torch.manual_seed(0)
+    net = equivit.create_model("resnet18", features_only=True, feature_cls=EquivariantFeatureGraphNet).eval()
+    scripted = torch.jit.script(net)
+    images = photos((64, 96))[:2]
+    with torch.no_grad():
+        for expected, actual in zip(net(images), scripted(images), strict=True):
+            torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-5)
+    assert len(net._forward_pre_hooks) == 1  # scripting copies the net; the eager one keeps its check
+    with pytest.raises(ValueError, match="not a multiple of 32 x 32"):
+        net(torch.randn(1, 3, 64, 80))
+    with pytest.raises(Exception, match="not a"):  # TorchScript re-raises the layers' ValueError as its own type
+        scripted(torch.randn(1, 3, 64, 80))
+
+
 def test_feature_extractor_keeps_the_report_and_the_input_size_check() -> None:
     model = _converted("pvt_v2_b0")
     extractor = equivit.fx.create_feature_extractor(model, ["stages.3"])
@@ -177,6 +211,16 @@ def test_create_model_with_fx_string_converts_before_tracing() -> None:
         zip(net.feature_info.channels(), net.feature_info.reduction(), strict=True)
     ):
         assert_shift_equivariant(FeatureMap(net, index, channels, False), images, output_stride=reduction, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "spelling", [{"feature_cls": "fx"}, {"feature_cls": "FX"}, {"feature_cfg": {"feature_cls": "fx"}}], ids=str
+)
+def test_create_model_takes_every_spelling_of_fx_features(spelling: dict[str, object]) -> None:
+    """timm's tests ask for FX features with ``feature_cfg={"feature_cls": "fx"}``."""
+    net = equivit.create_model("resnet18", features_only=True, out_indices=(3,), **spelling)
+    assert isinstance(net, EquivariantFeatureGraphNet)
+    assert equivit.is_converted(net)
 
 
 def test_stock_fx_features_cannot_be_converted() -> None:

@@ -7,7 +7,8 @@ from hypothesis import strategies as st
 
 import equivit
 from equivit.demo import load_photos
-from equivit.polyphase import _position_norms, normalize_stride
+from equivit.energy import position_norms
+from equivit.polyphase import normalize_stride
 from equivit.testing import FAMILIES, make_images
 from helpers import anchor_consistency, naive_consistency
 
@@ -186,7 +187,7 @@ def test_equal_tokens_get_identical_position_norms(
     else:
         x = tokens.permute(0, 3, 1, 2)
         x = x.contiguous(memory_format=torch.channels_last) if other_memory else x.contiguous()
-    norms = _position_norms(x, l1, channels_last)
+    norms = position_norms(x, l1, channels_last)
     assert norms.shape == (2, *size)
     assert norms.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
     for k in range(3):

@@ -12,10 +12,11 @@ from torch import nn
 
 import equivit
 import equivit.tie_break
+from equivit.anchor_core import choose_offsets
 from equivit.device_paths import accelerator_paths
 from equivit.fused import use_fused_kernels
 from equivit.layers import AnchoredConv2d, AnchoredMaxPool2d, circular_conv2d
-from equivit.polyphase import _anchor_offsets, anchor_offsets, normalize_stride, polyphase_energy
+from equivit.polyphase import anchor_offsets, normalize_stride, polyphase_energy
 from equivit.testing import load_photos
 from equivit.testing.families import FAMILIES as IMAGE_FAMILIES
 from equivit.testing.families import make_images
@@ -139,7 +140,7 @@ def test_scripted_anchor_matches_eager_on_ties(
     # does too. (The fused CPU kernels
     # sum a token's channels in another float32 order: channel_permutations tie to the last bit
     # only in exact arithmetic, so there the two may differ, as documented in equivit.fused.)
-    scripted = _script(_anchor_offsets)
+    scripted = _script(choose_offsets)
     monkeypatch.setattr(equivit.tie_break, "_bit_keys", equivit.tie_break._value_keys)
     tied = 0
     for index, family in enumerate(IMAGE_FAMILIES):

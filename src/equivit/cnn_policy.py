@@ -10,6 +10,7 @@ from timm.layers.conv2d_same import Conv2dSame
 from timm.layers.mixed_conv2d import MixedConv2d
 from torch import nn
 
+from equivit.energy import Energy
 from equivit.layers import (
     AnchoredConv2d,
     AnchoredDownsample,
@@ -21,7 +22,6 @@ from equivit.layers.anchored_pool import keeps_grid
 from equivit.layers.anchored_residual import anchored_entry, anchored_residual
 from equivit.layers.circular_std_conv import circular_std_conv, is_std_conv
 from equivit.layers.declare import declared_layers
-from equivit.polyphase import Energy
 from equivit.report import ConversionReport, UnsupportedModelError, entry_path
 
 __all__ = [

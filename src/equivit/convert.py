@@ -14,7 +14,7 @@ from torch import nn
 
 import equivit.families  # noqa: F401  (registers the built-in families)
 from equivit.audit import equivariance_violations
-from equivit.polyphase import Energy
+from equivit.energy import Energy
 from equivit.registry import Family, SupportedView, family_named, family_of, registered_families
 from equivit.report import ConversionReport, UnsupportedModelError, install_input_check
 
@@ -139,12 +139,18 @@ def convert(
     return target
 
 
+def _names_fx(feature_cls: object) -> bool:
+    """Whether a ``feature_cls`` asks timm for its FX feature extractor (timm reads the name in any case)."""
+    return isinstance(feature_cls, str) and feature_cls.lower() == "fx"
+
+
 def create_model(model_name: str, pretrained: bool = False, *, energy: Energy = "l1", **kwargs: Any) -> nn.Module:
     """``timm.create_model`` followed by :func:`convert`.
 
     Stock weights (``pretrained=True`` or ``checkpoint_path=...``) are loaded into the stock model
     first, then carried over by the conversion. With ``features_only=True, feature_cls="fx"`` the
-    model is converted before timm traces it (:class:`equivit.fx.EquivariantFeatureGraphNet`).
+    model is converted before timm traces it (:class:`equivit.fx.EquivariantFeatureGraphNet`);
+    so is it with timm's other spelling, ``feature_cfg={"feature_cls": "fx"}``.
 
     Args:
         model_name: A timm model name, for example ``"twins_svt_small"``.
@@ -158,10 +164,15 @@ def create_model(model_name: str, pretrained: bool = False, *, energy: Energy = 
     Raises:
         UnsupportedModelError: If the model is not supported.
     """
-    if kwargs.get("features_only") and kwargs.get("feature_cls") == "fx":
+    if kwargs.get("features_only"):
         from equivit.fx import EquivariantFeatureGraphNet
 
-        kwargs["feature_cls"] = functools.partial(EquivariantFeatureGraphNet, energy=energy)
+        graph_net = functools.partial(EquivariantFeatureGraphNet, energy=energy)
+        if _names_fx(kwargs.get("feature_cls")):
+            kwargs["feature_cls"] = graph_net
+        feature_cfg = kwargs.get("feature_cfg")
+        if isinstance(feature_cfg, dict) and _names_fx(feature_cfg.get("feature_cls")):
+            kwargs["feature_cfg"] = {**feature_cfg, "feature_cls": graph_net}
     return convert(timm.create_model(model_name, pretrained=pretrained, **kwargs), inplace=True, energy=energy)
 
 

@@ -16,9 +16,14 @@ from contextlib import contextmanager
 
 import torch
 
-__all__ = ["accelerator_paths", "host_paths", "takes_host_paths"]
+__all__ = ["accelerator_paths", "compiling", "host_paths", "takes_host_paths"]
 
 _state: dict[str, bool] = {"accelerator": os.environ.get("EQUIVIT_ACCELERATOR_PATHS", "0") not in ("", "0")}
+
+
+def compiling() -> bool:
+    """Whether ``torch.compile`` or ``torch.export`` is tracing (never true in TorchScript)."""
+    return torch.compiler.is_compiling()
 
 
 def takes_host_paths(x: torch.Tensor) -> bool:

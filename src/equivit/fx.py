@@ -16,6 +16,9 @@ tracing (a graph traced from a stock model cannot be converted afterwards).
 
 from __future__ import annotations
 
+import copy
+import functools
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -24,9 +27,11 @@ from timm.models._features_fx import FeatureGraphNet
 from timm.models._features_fx import create_feature_extractor as _timm_create_feature_extractor
 from torch import fx, nn
 
+from equivit.anchor_core import anchor, anchor_padded, choose_offsets, roll_back
+from equivit.energy import Energy
 from equivit.layers.circular_conv import circular_conv2d
 from equivit.layers.declare import declared_layers
-from equivit.polyphase import Energy, anchor_offsets, anchor_scores, polyphase_anchor, polyphase_energy
+from equivit.polyphase import anchor_offsets, anchor_scores, polyphase_anchor, polyphase_energy
 from equivit.report import ConversionReport, InputSizeCheck
 from equivit.roll import roll_from_anchor, roll_to_anchor
 
@@ -50,7 +55,11 @@ TRACED_MODULES: tuple[type[nn.Module], ...] = tuple(d.layer for d in declared_la
 """equivit's layers that FX traces through: their forward calls only leaves and :data:`NOTRACE_FUNCTIONS`."""
 
 NOTRACE_FUNCTIONS: tuple[Callable[..., Any], ...] = (
+    anchor,
     anchor_offsets,
+    anchor_padded,
+    choose_offsets,
+    roll_back,
     anchor_scores,
     circular_conv2d,
     polyphase_anchor,
@@ -86,6 +95,21 @@ def _carry_report(graph: nn.Module, model: nn.Module) -> None:
         return
     graph.equivit_report = report
     graph.register_forward_pre_hook(InputSizeCheck.from_report(report, type(model).__name__))
+    graph.__prepare_scriptable__ = functools.partial(_without_pre_hooks, graph)
+
+
+def _without_pre_hooks(module: nn.Module) -> nn.Module:
+    """A shallow copy of ``module`` without its forward pre-hooks, for ``torch.jit.script``.
+
+    TorchScript compiles hooks only if they are scripted functions; the input check is a Python
+    object. ``torch.jit.script`` calls ``__prepare_scriptable__`` first, and scripts this copy
+    (same submodules and parameters). The scripted graph keeps the checks of the anchored
+    layers, which raise on a map that is not a multiple of their period.
+    """
+    plain = copy.copy(module)
+    plain.__dict__.pop("__prepare_scriptable__", None)
+    plain._forward_pre_hooks = OrderedDict()
+    return plain
 
 
 def create_feature_extractor(model: nn.Module, return_nodes: dict[str, str] | list[str]) -> fx.GraphModule:

@@ -8,8 +8,8 @@ from timm.models.convnext import ConvNeXt, ConvNeXtBlock, ConvNeXtStage
 from torch import nn
 
 from equivit.cnn_policy import convert_sequence, describe_conv, plain_conv
+from equivit.energy import Energy
 from equivit.layers import make_conv_circular
-from equivit.polyphase import Energy
 from equivit.registry import Example, Family
 from equivit.report import ConversionReport, UnsupportedModelError
 

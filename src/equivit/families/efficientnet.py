@@ -13,7 +13,7 @@ from timm.models import efficientnet, mobilenetv3
 from torch import nn
 
 from equivit.cnn_policy import convert_convolutions
-from equivit.polyphase import Energy
+from equivit.energy import Energy
 from equivit.registry import Example, Family, types_named
 from equivit.report import ConversionReport
 

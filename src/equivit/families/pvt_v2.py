@@ -11,8 +11,8 @@ from timm.models.pvt_v2 import (
 )
 from torch import nn
 
+from equivit.energy import Energy
 from equivit.layers import AnchoredConv2d, AnchoredPvtStage, anchored_pvt_stage
-from equivit.polyphase import Energy
 from equivit.registry import Example, Family
 from equivit.report import ConversionReport, UnsupportedModelError, lcm_pair
 

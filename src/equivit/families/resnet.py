@@ -7,8 +7,8 @@ from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 from torch import nn
 
 from equivit.cnn_policy import convert_network, convert_sequence, pad_circularly
+from equivit.energy import Energy
 from equivit.layers import AnchoredBasicBlock, AnchoredBottleneck
-from equivit.polyphase import Energy
 from equivit.registry import Example, Family, module_types
 from equivit.report import ConversionReport, UnsupportedModelError
 

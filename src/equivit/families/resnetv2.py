@@ -19,7 +19,7 @@ from timm.models import resnetv2
 from torch import nn
 
 from equivit.cnn_policy import convert_network, convert_residual_cnn
-from equivit.polyphase import Energy
+from equivit.energy import Energy
 from equivit.registry import Example, Family, types_named
 from equivit.report import ConversionReport
 

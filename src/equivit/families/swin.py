@@ -7,8 +7,8 @@ from timm.models.swin_transformer import SwinTransformer, SwinTransformerStage
 from timm.models.swin_transformer_v2 import SwinTransformerV2, SwinTransformerV2Stage
 from torch import nn
 
+from equivit.energy import Energy
 from equivit.layers import AnchoredPatchEmbed, anchored_swin_stage
-from equivit.polyphase import Energy
 from equivit.registry import Example, Family
 from equivit.report import ConversionReport, UnsupportedModelError, lcm_pair
 

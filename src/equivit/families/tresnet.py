@@ -14,7 +14,7 @@ from timm.models import tresnet
 from torch import nn
 
 from equivit.cnn_policy import convert_network
-from equivit.polyphase import Energy
+from equivit.energy import Energy
 from equivit.registry import Example, Family, module_types
 from equivit.report import ConversionReport
 

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, get_type_hints
 
 import torch
 from timm.models import twins as timm_twins
 from timm.models._features import feature_take_indices
 from timm.models.twins import LocallyGroupedAttn, Twins
 
+from equivit.anchor_core import anchor, roll_back
+from equivit.energy import Energy
 from equivit.layers import AnchoredConv2d, make_conv_circular
-from equivit.polyphase import Energy, _polyphase_anchor, polyphase_anchor
 from equivit.registry import Example, Family
 from equivit.report import ConversionReport, lcm_pair
-from equivit.roll import _roll, roll_from_anchor
 
 __all__ = ["FAMILY", "AnchoredTwins", "convert_twins"]
 
@@ -154,38 +154,21 @@ class AnchoredTwins(Twins):
                 tokens, size = embed(x)
                 tokens = drop(tokens)
                 channels = tokens.shape[-1]
-                grid, offsets = self._anchor(tokens.reshape(batch, size[0], size[1], channels))
+                grid, offsets = anchor(
+                    tokens.reshape(batch, size[0], size[1], channels), size[0], size[1], self.energy, True
+                )
                 tokens = grid.reshape(batch, size[0] * size[1], channels)
                 for j, blk in enumerate(blocks):
                     tokens = blk(tokens, size)
                     if j == 0:
                         tokens = pos_blk(tokens, size)  # position encoding after the first block, as in timm
-                return self._roll_back(tokens.reshape(batch, size[0], size[1], channels), offsets)
+                return roll_back(tokens.reshape(batch, size[0], size[1], channels), offsets, True)
         raise IndexError(f"Twins has {len(self.blocks)} stages, asked for stage {stage}")
 
-    def _anchor(self, grid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The token grid rolled to its anchor with period = the whole grid, and the offsets.
 
-        Shape:
-            - grid: :math:`(B, H, W, C)`
-            - output: :math:`(B, H, W, C)` and :math:`(B, 2)`
-        """
-        if not torch.jit.is_scripting():
-            # The public function, which FX records as one call when it traces the model.
-            return polyphase_anchor(grid, (grid.shape[1], grid.shape[2]), energy=self.energy, channels_last=True)  # type: ignore[arg-type]
-        return _polyphase_anchor(grid, grid.shape[1], grid.shape[2], self.energy, True)
-
-    def _roll_back(self, grid: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
-        """The token grid rolled back to the stage input's frame.
-
-        Shape:
-            - grid: :math:`(B, H, W, C)`
-            - offsets: :math:`(B, 2)`
-            - output: :math:`(B, H, W, C)`
-        """
-        if not torch.jit.is_scripting():
-            return roll_from_anchor(grid, offsets, channels_last=True)
-        return _roll(grid, offsets, True, -1, (0, 0))
+# FX copies the root forward's annotations into a traced graph's code, where TorchScript reads
+# them; postponed annotations are strings there that it cannot resolve. Evaluate them here.
+AnchoredTwins.forward.__annotations__.update(get_type_hints(AnchoredTwins.forward))
 
 
 def convert_twins(model: Twins, report: ConversionReport, energy: Energy) -> None:

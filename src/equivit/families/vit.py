@@ -11,8 +11,8 @@ from timm.models.deit import VisionTransformerDistilled
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
+from equivit.energy import Energy
 from equivit.layers import AnchoredPatchEmbed
-from equivit.polyphase import Energy
 from equivit.registry import Example, Family, types_named
 from equivit.report import ConversionReport, UnsupportedModelError
 

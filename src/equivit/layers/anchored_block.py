@@ -11,6 +11,8 @@ from timm.layers import BlurPool2d
 from timm.models.resnet import BasicBlock, Bottleneck
 from torch import nn
 
+from equivit.anchor_core import anchor
+from equivit.energy import Energy
 from equivit.layers.anchored_downsample import make_pool_circular
 from equivit.layers.anchored_pool import keeps_grid
 from equivit.layers.checks import check_map as _check_input
@@ -18,7 +20,6 @@ from equivit.layers.circular_conv import CircularConv2d, make_circular
 from equivit.layers.declare import equivariant_layer
 from equivit.layers.pos_conv import make_conv_circular
 from equivit.layers.sharing import parent_method
-from equivit.polyphase import Energy, _polyphase_anchor
 
 __all__ = ["AnchoredBasicBlock", "AnchoredBottleneck"]
 
@@ -101,7 +102,7 @@ class _AnchoredInput(nn.Module):
             ValueError: If ``x`` is not 4-D or its size is not a multiple of the stride.
         """
         _check_input(x, self.anchor_period, self.block_name)
-        anchored, _ = _polyphase_anchor(x, self.anchor_period, self.anchor_period, self.energy, False)
+        anchored, _ = anchor(x, self.anchor_period, self.anchor_period, self.energy, False)
         return self._stock_forward(anchored)
 
     def _stock_forward(self, x: torch.Tensor) -> torch.Tensor:

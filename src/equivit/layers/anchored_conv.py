@@ -6,10 +6,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from equivit.anchor_core import anchor, anchor_padded
+from equivit.energy import Energy
 from equivit.layers.circular_conv import CircularConv2d
 from equivit.layers.declare import equivariant_layer
 from equivit.layers.sharing import take_over
-from equivit.polyphase import Energy, _anchored, _polyphase_anchor
 
 __all__ = ["AnchoredConv2d"]
 
@@ -159,10 +160,10 @@ class AnchoredConv2d(CircularConv2d):
         pad_h, pad_w = self.padding[0], self.padding[1]  # type: ignore[index]
         sh, sw = self.stride[0], self.stride[1]
         if self.padding_mode != "circular" or (pad_h == 0 and pad_w == 0) or x.dim() != 4:
-            anchored, _ = _polyphase_anchor(x, sh, sw, self.energy, False)
+            anchored, _ = anchor(x, sh, sw, self.energy, False)
             return self._conv_forward(anchored, self.weight, self.bias)
         # Roll to the anchor and pad circularly in one gather, then convolve without padding.
-        padded = _anchored(x, sh, sw, self.energy, False, (pad_h, pad_w))
+        padded = anchor_padded(x, sh, sw, self.energy, False, (pad_h, pad_w))
         crop_h, crop_w = self.same_crop
         if crop_h != 0 or crop_w != 0:
             padded = padded[:, :, crop_h:, crop_w:]

@@ -6,10 +6,11 @@ import torch
 from timm.layers import BlurPool2d
 from torch import nn
 
+from equivit.anchor_core import anchor, anchor_padded
+from equivit.energy import Energy
 from equivit.layers.anchored_pool import keeps_grid
 from equivit.layers.checks import check_map as _check_input
 from equivit.layers.declare import equivariant_layer
-from equivit.polyphase import Energy, _anchored, _polyphase_anchor
 
 __all__ = ["AnchoredDownsample", "make_pool_circular"]
 
@@ -120,8 +121,8 @@ class AnchoredDownsample(nn.Module):
         _check_input(x, self.stride, "AnchoredDownsample", "stride")
         padding = self.circular_padding
         if padding:
-            return self.pool(_anchored(x, self.stride, self.stride, self.energy, False, (padding, padding)))
-        anchored, _ = _polyphase_anchor(x, self.stride, self.stride, self.energy, False)
+            return self.pool(anchor_padded(x, self.stride, self.stride, self.energy, False, (padding, padding)))
+        anchored, _ = anchor(x, self.stride, self.stride, self.energy, False)
         return self.pool(anchored)
 
     def extra_repr(self) -> str:

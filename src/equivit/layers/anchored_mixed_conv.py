@@ -5,12 +5,13 @@ from __future__ import annotations
 import torch
 from timm.layers.mixed_conv2d import MixedConv2d
 
+from equivit.anchor_core import anchor
+from equivit.energy import Energy
 from equivit.layers.anchored_pool import keeps_grid
 from equivit.layers.checks import check_map as _check_input
 from equivit.layers.circular_conv import make_circular
 from equivit.layers.declare import equivariant_layer
 from equivit.layers.sharing import parent_method, retype
-from equivit.polyphase import Energy, _polyphase_anchor
 
 __all__ = ["AnchoredMixedConv2d"]
 
@@ -88,7 +89,7 @@ class AnchoredMixedConv2d(MixedConv2d):
             ValueError: If ``x`` is not 4-D or its size is not a positive multiple of the stride.
         """
         _check_input(x, self.stride, "AnchoredMixedConv2d", "stride")
-        anchored, _ = _polyphase_anchor(x, self.stride, self.stride, self.energy, False)
+        anchored, _ = anchor(x, self.stride, self.stride, self.energy, False)
         return self._timm_forward(anchored)
 
     def extra_repr(self) -> str:

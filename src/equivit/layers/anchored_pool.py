@@ -6,8 +6,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from equivit.anchor_core import anchor_padded
+from equivit.energy import Energy
 from equivit.layers.declare import equivariant_layer
-from equivit.polyphase import Energy, _anchored, normalize_stride
+from equivit.polyphase import normalize_stride
 from equivit.report import shape_text
 
 __all__ = ["AnchoredMaxPool2d", "keeps_grid", "separable_max_pool2d"]
@@ -222,7 +224,7 @@ class AnchoredMaxPool2d(nn.MaxPool2d):
         # Roll to the anchor and pad circularly in one gather, then pool without padding.
         th, tw = self.trailing_padding
         ph, pw = self.circular_padding
-        anchored = _anchored(x, sh, sw, self.energy, False, (ph + th, pw + tw))
+        anchored = anchor_padded(x, sh, sw, self.energy, False, (ph + th, pw + tw))
         if th or tw:  # ceil_mode: the last window wraps around; drop the extra padding before the start
             anchored = anchored[:, :, th:, tw:]
         # The roll keeps a channels-last layout, and both poolings keep their input's.

@@ -9,10 +9,10 @@ from typing import Any
 
 from torch import nn
 
+from equivit.energy import Energy
 from equivit.layers.anchored_block import _AnchoredInput, _prepare
 from equivit.layers.declare import equivariant_layer
 from equivit.layers.sharing import parent_method
-from equivit.polyphase import Energy
 
 __all__ = ["anchored_entry", "anchored_residual"]
 

@@ -6,10 +6,11 @@ import torch
 from timm.layers.std_conv import ScaledStdConv2d, ScaledStdConv2dSame, StdConv2d, StdConv2dSame
 from torch import nn
 
+from equivit.anchor_core import anchor_padded
+from equivit.energy import Energy
 from equivit.layers.checks import check_map
 from equivit.layers.declare import equivariant_layer
 from equivit.layers.sharing import parent_method, retype
-from equivit.polyphase import Energy, _anchored
 
 __all__ = [
     "CircularScaledStdConv2d",
@@ -63,7 +64,7 @@ class _CircularStd(nn.Module):
         # One gather: the anchor roll (period 1: none) with the larger padding of each axis, then a
         # view that drops the surplus on the other side (the uneven split of "same" padding).
         ph, pw = max(top, bottom), max(left, right)
-        padded = _anchored(x, period, period, self.energy, False, (ph, pw))
+        padded = anchor_padded(x, period, period, self.energy, False, (ph, pw))
         padded = padded[:, :, ph - top : padded.shape[2] - (ph - bottom), pw - left : padded.shape[3] - (pw - right)]
         return self._std_conv_forward(padded)
 

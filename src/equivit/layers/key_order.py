@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from equivit.polyphase import _polyphase_anchor
+from equivit.anchor_core import anchor
 
 __all__ = ["canonical_token_order"]
 
@@ -38,5 +38,5 @@ def canonical_token_order(tokens: torch.Tensor, size: list[int], energy: str) ->
     if count != height * width:
         raise ValueError(f"tokens hold {count} tokens, but the grid {height} x {width} needs {height * width}")
     grid = tokens.reshape(batch, height, width, channels)
-    rotated, _ = _polyphase_anchor(grid, height, width, energy, True)
+    rotated, _ = anchor(grid, height, width, energy, True)
     return rotated.reshape(batch, count, channels)

@@ -8,10 +8,10 @@ import torch
 from timm.layers import Format, PatchEmbed, nchw_to
 from torch import nn
 
+from equivit.energy import Energy
 from equivit.layers.anchored_conv import AnchoredConv2d
 from equivit.layers.declare import equivariant_layer
 from equivit.layers.pos_conv import CircularPosConv
-from equivit.polyphase import Energy
 
 __all__ = ["AnchoredPatchEmbed"]
 

@@ -6,9 +6,10 @@ import torch
 from timm.models import swin_transformer, swin_transformer_v2
 from torch import nn
 
+from equivit.anchor_core import anchor
+from equivit.energy import Energy
 from equivit.layers.declare import equivariant_layer
 from equivit.layers.sharing import parent_method, retype
-from equivit.polyphase import Energy, _polyphase_anchor
 
 __all__ = ["AnchoredPatchMerging", "AnchoredPatchMergingV2", "anchored_patch_merging"]
 
@@ -28,7 +29,7 @@ class _AnchorFirst(nn.Module):
         Raises:
             ValueError: If ``x`` is not 4-D or its grid is not even.
         """
-        x, _ = _polyphase_anchor(x, 2, 2, self.energy, True)
+        x, _ = anchor(x, 2, 2, self.energy, True)
         return self._timm_forward(x)
 
     def _timm_forward(self, x: torch.Tensor) -> torch.Tensor:

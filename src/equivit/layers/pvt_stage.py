@@ -7,13 +7,13 @@ from timm.models._manipulate import checkpoint
 from timm.models.pvt_v2 import MlpWithDepthwiseConv, OverlapPatchEmbed, PyramidVisionTransformerStage
 from torch import nn
 
+from equivit.anchor_core import anchor, roll_back
+from equivit.energy import Energy
 from equivit.layers.anchored_conv import AnchoredConv2d
 from equivit.layers.declare import equivariant_layer
 from equivit.layers.pos_conv import make_conv_circular
 from equivit.layers.sharing import retype
-from equivit.polyphase import Energy, _polyphase_anchor, polyphase_anchor
 from equivit.report import shape_text
-from equivit.roll import _roll, roll_from_anchor
 
 __all__ = ["AnchoredPvtStage", "anchored_pvt_stage"]
 
@@ -61,19 +61,14 @@ class AnchoredPvtStage(PyramidVisionTransformerStage):
                 raise ValueError(f"expected a (B, H, W, C) token grid, got shape {shape_text(list(x.shape))}")
         batch, height, width, channels = x.shape
         feat_size = [height, width]
-        if not torch.jit.is_scripting():  # (TorchScript does not compile this block)
-            # The public functions, which FX records as single calls when it traces the stage.
-            x, offsets = polyphase_anchor(x, (height, width), energy=self.energy, channels_last=True)  # type: ignore[arg-type]
-            x = x.reshape(batch, height * width, channels)
-            for block in self.blocks:
-                x = checkpoint(block, x, feat_size) if self.grad_checkpointing else block(x, feat_size)
-            x = roll_from_anchor(self.norm(x).reshape(batch, height, width, -1), offsets, channels_last=True)
-            return x.permute(0, 3, 1, 2)
-        x, offsets = _polyphase_anchor(x, height, width, self.energy, True)
+        x, offsets = anchor(x, height, width, self.energy, True)  # one node when FX traces the stage
         x = x.reshape(batch, height * width, channels)
         for block in self.blocks:
-            x = block(x, feat_size)
-        x = _roll(self.norm(x).reshape(batch, height, width, -1), offsets, True, -1, (0, 0))
+            if not torch.jit.is_scripting():
+                x = checkpoint(block, x, feat_size) if self.grad_checkpointing else block(x, feat_size)
+            else:
+                x = block(x, feat_size)
+        x = roll_back(self.norm(x).reshape(batch, height, width, -1), offsets, True)
         return x.permute(0, 3, 1, 2)
 
 

@@ -6,10 +6,11 @@ import torch
 import torch.nn.functional as F
 from timm.models.pvt_v2 import Attention
 
+from equivit.anchor_core import anchor
+from equivit.energy import Energy
 from equivit.layers.declare import equivariant_layer
 from equivit.layers.key_order import canonical_token_order
 from equivit.layers.sharing import retype
-from equivit.polyphase import Energy, _polyphase_anchor
 
 __all__ = ["AnchoredSpatialReductionAttn"]
 
@@ -94,7 +95,7 @@ class AnchoredSpatialReductionAttn(Attention):
         if self.sr is not None:
             grid = x.reshape(batch, height, width, channels)
             period = self.period(feat_size)
-            grid, _ = _polyphase_anchor(grid, period[0], period[1], self.energy, True)
+            grid, _ = anchor(grid, period[0], period[1], self.energy, True)
             grid = grid.permute(0, 3, 1, 2)
             if self.pool is not None:
                 grid = self.pool(grid)

@@ -6,10 +6,11 @@ import torch
 import torch.nn.functional as F
 from timm.models.twins import GlobalSubSampleAttn
 
+from equivit.anchor_core import anchor
+from equivit.energy import Energy
 from equivit.layers.declare import equivariant_layer
 from equivit.layers.key_order import canonical_token_order
 from equivit.layers.sharing import take_over
-from equivit.polyphase import Energy, _polyphase_anchor
 
 __all__ = ["AnchoredGlobalSubSampleAttn"]
 
@@ -107,9 +108,7 @@ class AnchoredGlobalSubSampleAttn(GlobalSubSampleAttn):
                     f"{self.sr_ratio}: the input image must be a multiple of {self.sr_ratio} times this "
                     "stage's stride"
                 )
-            grid, _ = _polyphase_anchor(
-                x.reshape(batch, height, width, channels), self.sr_ratio, self.sr_ratio, self.energy, True
-            )
+            grid, _ = anchor(x.reshape(batch, height, width, channels), self.sr_ratio, self.sr_ratio, self.energy, True)
             reduced = self.sr(grid.permute(0, 3, 1, 2))
             x = self.norm(reduced.flatten(2).transpose(1, 2))
             # The keys in an order chosen from content: attention's sums round alike for every shift.

@@ -10,11 +10,11 @@ from timm.models.swin_transformer import SwinTransformerBlock, SwinTransformerSt
 from timm.models.swin_transformer_v2 import SwinTransformerV2Block, SwinTransformerV2Stage
 from torch import nn
 
+from equivit.anchor_core import anchor, roll_back
+from equivit.energy import Energy
 from equivit.layers.declare import equivariant_layer
 from equivit.layers.patch_merging import anchored_patch_merging
 from equivit.layers.sharing import parent_method, retype
-from equivit.polyphase import Energy, _polyphase_anchor, polyphase_anchor
-from equivit.roll import _roll, roll_from_anchor
 
 __all__ = [
     "AnchoredSwinStage",
@@ -131,17 +131,14 @@ class _AnchoredWindows(nn.Module):
             ValueError: If the grid is not a multiple of (2 if merging) x window.
         """
         x = self.downsample(x)
-        if not torch.jit.is_scripting():  # (TorchScript does not compile this block)
-            # The public functions, which FX records as single calls when it traces the stage.
-            x, offsets = polyphase_anchor(x, self.window_size, energy=self.energy, channels_last=True)
-            for block in self.blocks:  # type: ignore[attr-defined]
-                x = checkpoint(block, x) if self.grad_checkpointing else block(x)
-            return roll_from_anchor(x, offsets, channels_last=True)
         window = self._scripted_window()
-        x, offsets = _polyphase_anchor(x, window[0], window[1], self.energy, True)
+        x, offsets = anchor(x, window[0], window[1], self.energy, True)  # one node when FX traces the stage
         for block in self.blocks:  # type: ignore[attr-defined]
-            x = block(x)
-        return _roll(x, offsets, True, -1, (0, 0))
+            if not torch.jit.is_scripting():
+                x = checkpoint(block, x) if self.grad_checkpointing else block(x)
+            else:
+                x = block(x)
+        return roll_back(x, offsets, True)
 
     def _scripted_window(self) -> tuple[int, int]:
         """:attr:`window_size` in a form TorchScript compiles (every block of a stage has the same window)."""

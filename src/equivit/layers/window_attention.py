@@ -6,9 +6,10 @@ import torch
 import torch.nn.functional as F
 from timm.models.twins import LocallyGroupedAttn
 
+from equivit.anchor_core import choose_offsets
+from equivit.energy import Energy
 from equivit.layers.declare import equivariant_layer
 from equivit.layers.sharing import take_over
-from equivit.polyphase import Energy, _anchor_offsets
 
 __all__ = ["AnchoredLocallyGroupedAttn", "window_order_indices"]
 
@@ -105,7 +106,7 @@ class AnchoredLocallyGroupedAttn(LocallyGroupedAttn):
             )
         # One window is anchored too (period = the grid): its tokens then reach the attention in an
         # order chosen from content, so its sums round alike for every shift.
-        offsets = _anchor_offsets(x.reshape(batch, height, width, channels), self.ws, self.ws, self.energy, True)
+        offsets = choose_offsets(x.reshape(batch, height, width, channels), self.ws, self.ws, self.energy, True)
         # One row copy takes the tokens from the anchored grid straight into window order, and one
         # takes them back: the same number of passes as timm's padding and window transposes.
         gather, scatter = window_order_indices(offsets, (height, width), self.ws)
