@@ -6,6 +6,7 @@ import functools
 
 import pytest
 import torch
+from contract import LayerContract
 from hypothesis import given
 from hypothesis import strategies as st
 from timm.models.resnet import BasicBlock, Bottleneck, downsample_avg, downsample_conv
@@ -46,6 +47,30 @@ def _stock(kind: str, dtype: torch.dtype = torch.float32, avg_down: bool = False
 def _anchored(kind: str, avg_down: bool = False) -> nn.Module:
     cls = AnchoredBasicBlock if kind == "basic" else AnchoredBottleneck
     return cls.from_timm(_stock(kind, avg_down=avg_down))  # type: ignore[arg-type]
+
+
+class TestAnchoredBasicBlock(LayerContract):
+    """ResNet's strided basic block with a 1 x 1 convolution shortcut, trained-looking batch norms."""
+
+    output_channels = 8
+
+    def make(self, dtype: torch.dtype = torch.float32) -> nn.Module:
+        return AnchoredBasicBlock.from_timm(_stock("basic", dtype))  # type: ignore[arg-type]
+
+    def make_stock(self) -> nn.Module:
+        return _stock("basic")
+
+
+class TestAnchoredBottleneck(LayerContract):
+    """ResNet-D's strided bottleneck: average-pooled shortcut."""
+
+    output_channels = 32
+
+    def make(self, dtype: torch.dtype = torch.float32) -> nn.Module:
+        return AnchoredBottleneck.from_timm(_stock("bottleneck", dtype, avg_down=True))  # type: ignore[arg-type]
+
+    def make_stock(self) -> nn.Module:
+        return _stock("bottleneck", avg_down=True)
 
 
 @pytest.mark.parametrize("kind", ["basic", "bottleneck"])
@@ -156,22 +181,3 @@ def test_anchoring_the_two_paths_separately_is_not_equivariant() -> None:
             results[name] = [is_some_roll(shifted[b], reference[b], dims=(1, 2), atol=1e-5) for b in range(8)]
     assert all(results["shared"])
     assert not all(results["separate"]), results
-
-
-@pytest.mark.parametrize("kind", ["basic", "bottleneck"])
-def test_gradients(kind: str) -> None:
-    block = (AnchoredBasicBlock if kind == "basic" else AnchoredBottleneck).from_timm(
-        _stock(kind, dtype=torch.float64)  # type: ignore[arg-type]
-    )
-    torch.manual_seed(0)
-    x = torch.randn(2, CHANNELS, 4, 6, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(block, (x,))
-
-
-def test_compiles_without_graph_breaks() -> None:
-    block = _anchored("bottleneck")
-    x = torch.randn(2, CHANNELS, 8, 8)
-    with torch.no_grad():
-        assert torch._dynamo.explain(block)(x).graph_break_count == 0
-        compiled = torch.compile(block, fullgraph=True, backend="aot_eager")
-        assert torch.allclose(compiled(x), block(x), atol=1e-6, rtol=0)

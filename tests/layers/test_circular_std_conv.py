@@ -48,6 +48,8 @@ class TestScaledStdConv(LayerContract):
     """Stride 1: no anchor, circular padding only."""
 
     stride = 1
+    bad_inputs = ((lambda: torch.randn(1, 3, 6, 6), "expected input.* to have 4 channels"),)
+    error_type = RuntimeError
 
     def make(self, dtype: torch.dtype = torch.float32) -> nn.Module:
         return circular_std_conv(_conv(ScaledStdConv2d, 1, dtype, padding=1))
