@@ -43,6 +43,11 @@ def ensure_environment(extras: str) -> None:
     digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
     if stamp.exists() and stamp.read_text() == digest:
         return
+    print(
+        f"Setting up {VENV.name} with equivit[{extras}]: the first time this downloads PyTorch (a few GB) and "
+        "takes about 3 to 10 minutes, with no output while pip works; later runs reuse it.",
+        flush=True,
+    )
     run(PYTHON, "-m", "pip", "install", "--quiet", "--upgrade", "pip")
     run(PYTHON, "-m", "pip", "install", "--quiet", "-e", f".[{extras}]")
     stamp.write_text(digest)

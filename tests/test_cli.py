@@ -28,6 +28,22 @@ def test_check_prints_stock_and_converted(capsys: pytest.CaptureFixture[str]) ->
         assert header in out
 
 
+def test_header_names_the_weights_and_speed_shows_its_range(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["check", "vit_tiny_patch16_224", "--img-size", "64", "--shifts", "1", "--batch", "2", "--no-progress"]
+    assert main([*argv, "--repeats", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "weights: random (timm's initialisation, seed 0); --checkpoint FILE" in out
+    speed = next(line for line in out.splitlines() if line.startswith("vit_tiny") and "equivit" in line).split()[-2:]
+    assert float(speed[0]) > 0
+    low, high = (float(v) for v in speed[1].strip("()").split("-"))
+    assert low <= float(speed[0]) <= high
+
+
+def test_size_error_names_the_option_to_use(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check", "resnet18", "--img-size", "200", "--no-progress"]) == 2
+    assert "try --img-size 192 192" in capsys.readouterr().err
+
+
 def test_check_loads_a_local_checkpoint(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
     torch.manual_seed(1)
     stock = timm.create_model("vit_tiny_patch16_224", img_size=64)
@@ -41,7 +57,8 @@ def test_check_loads_a_local_checkpoint(tmp_path, capsys: pytest.CaptureFixture[
     ("argv", "message"),
     [
         (["check", "inception_v3"], "cannot convert an InceptionV3"),
-        (["check", "no_such_model_anywhere"], "no_such_model_anywhere"),
+        (["check", "no_such_model_anywhere"], "no model named 'no_such_model_anywhere'; equivit check --list"),
+        (["check", "resnet18", "--img-size", "200"], "--img-size 200 200 is not a multiple of 32 x 32"),
         (["check", "vit_tiny_patch16_224", "twins_svt_small", "--checkpoint", "x.pth"], "exactly one MODEL"),
         (["check", "--img-size", "1", "2", "3"], "H or H W"),
         (["check", "vit_tiny_patch16_224", "--checkpoint", "/no/such/file.pth"], "no/such/file"),

@@ -38,3 +38,14 @@ def test_testing_guide_examples(page: str) -> None:
         for name, value in list(namespace.items()):
             if name.startswith("test_") and callable(value):
                 value()  # hypothesis-decorated tests run their examples
+
+
+def test_index_and_readme_snippets_run() -> None:
+    """The first code a reader sees runs as written (the README's asserts shift invariance)."""
+    for page, block in [("index.md", python_blocks("index.md")[0]), ("README.md", _readme_block())]:
+        exec(compile(block, page, "exec"), {})
+
+
+def _readme_block() -> str:
+    text = (DOCS.parent / "README.md").read_text()
+    return re.findall(r"```python\n(.*?)```", text, flags=re.DOTALL)[0]

@@ -19,7 +19,7 @@ from equivit.roll import _roll
 from equivit.testing import FAMILIES, make_images
 from helpers import anchor_consistency
 
-pytest.importorskip("numba", reason='the fused kernels are optional: pip install "equivit-timm[fast]"')
+pytest.importorskip("numba", reason="the fused kernels are optional: pip install numba")
 
 T = TypeVar("T")
 STRIDES = st.one_of(st.integers(1, 8), st.tuples(st.integers(1, 8), st.integers(1, 8)))

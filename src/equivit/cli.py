@@ -62,17 +62,21 @@ def _progress(steps: Sequence[str], enabled: bool, label: str) -> Iterator[str]:
 
 def _throughput_ratio(
     stock: nn.Module, converted: nn.Module, size: tuple[int, int], batch: int, repeats: int, device: torch.device
-) -> float:
-    """Converted / stock forward throughput, interleaved runs, medians (1.0 = as fast as stock)."""
+) -> tuple[float, float, float]:
+    """Converted / stock forward throughput of interleaved pairs of runs: the median ratio and its range.
+
+    Returns:
+        ``(median, lowest, highest)`` of the per-pair ratios (1.0 = as fast as stock).
+    """
     images = torch.randn(batch, 3, *size, device=device)
-    times: list[list[float]] = [[], []]
+    ratios: list[float] = []
     with torch.no_grad():
         for model in (stock, converted):
             model(images)  # warm-up
         for _ in range(repeats):
-            for kept, model in zip(times, (stock, converted), strict=True):
-                kept.append(timed(lambda model=model: model(images), device))
-    return statistics.median(times[0]) / statistics.median(times[1])
+            stock_time = timed(lambda: stock(images), device)
+            ratios.append(stock_time / timed(lambda: converted(images), device))
+    return statistics.median(ratios), min(ratios), max(ratios)
 
 
 def _build(
@@ -89,6 +93,18 @@ def _build(
         stock = timm.create_model(name, pretrained=False, checkpoint_path=checkpoint or "")
     stock = stock.to(device).eval()
     return stock, equivit.convert(stock).eval()
+
+
+def _check_size(name: str, size: tuple[int, int], multiple: tuple[int, int]) -> None:
+    """Raise a ``ValueError`` with the ``--img-size`` to use unless ``size`` is a multiple of ``multiple``."""
+    if size[0] % multiple[0] == 0 and size[1] % multiple[1] == 0:
+        return
+    near = [max(m, round(s / m) * m) for s, m in zip(size, multiple, strict=True)]
+    raise ValueError(
+        f"--img-size {size[0]} {size[1]} is not a multiple of {multiple[0]} x {multiple[1]}, which the converted "
+        f"{name} needs (every stride and window on its path must divide the grid it sees); "
+        f"try --img-size {near[0]} {near[1]}"
+    )
 
 
 def check_model(
@@ -120,6 +136,7 @@ def check_model(
         if step == "build":
             torch.manual_seed(seed)
             models["stock"], models["equivit"] = _build(name, checkpoint, size, device)
+            _check_size(name, size, models["equivit"].equivit_report.input_multiple)
             photos = load_photos(size).to(device)
             larger = load_photos((size[0] + crop_margin, size[1] + crop_margin)).to(device)
         elif step == "circular shifts":
@@ -130,8 +147,9 @@ def check_model(
             for variant, model in models.items():
                 rows[variant]["crop"] = crop_consistency(model, larger, size, crops_per_image=shifts, seed=seed)
         else:
-            ratio = _throughput_ratio(models["stock"], models["equivit"], size, batch, repeats, device)
-            rows["stock"]["speed"], rows["equivit"]["speed"] = "1.00", f"{ratio:.2f}"
+            ratio, low, high = _throughput_ratio(models["stock"], models["equivit"], size, batch, repeats, device)
+            spread = f" ({low:.2f}-{high:.2f})" if repeats > 1 else ""
+            rows["stock"]["speed"], rows["equivit"]["speed"] = "1.00", f"{ratio:.2f}{spread}"
     return [
         CheckRow(
             model=name,
@@ -227,6 +245,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"at {size[0]} x {size[1]}, {args.shifts} random shifts per image, seed {args.seed}, device {args.device}",
         flush=True,
     )
+    if args.checkpoint:
+        print(f"weights: {args.checkpoint} (a stock timm checkpoint, loaded into the stock model)", flush=True)
+    else:
+        print(
+            f"weights: random (timm's initialisation, seed {args.seed}); --checkpoint FILE checks trained weights",
+            flush=True,
+        )
     rows: list[CheckRow] = []
     status = 0
     for name in names:
@@ -248,7 +273,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"equivit check: {name}: {error}", file=sys.stderr)
             status = 2
         except (RuntimeError, ValueError, OSError) as error:
-            print(f"equivit check: {name}: {error or type(error).__name__}", file=sys.stderr)
+            message = str(error) or type(error).__name__
+            if message.startswith("Unknown model"):
+                message = f"timm has no model named {name!r}; equivit check --list shows the models equivit converts"
+            print(f"equivit check: {name}: {message}", file=sys.stderr)
             status = 2
     if rows:
         print()
@@ -256,7 +284,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print()
         print("circular shift: images whose top-1 class is unchanged under random circular shifts (exact for equivit)")
         print("crop shift: pairs of crops of a larger photo with the same top-1 (new content enters at the border)")
-        print("speed vs stock: converted / stock forward throughput (1.00 = as fast as stock)")
+        print(
+            "speed vs stock: converted / stock forward throughput, median of interleaved pairs of runs "
+            "(their range in brackets; 1.00 = as fast as stock)"
+        )
     if any(row.variant == "equivit" and not row.consistent for row in rows):
         status = max(status, 1)
     return status

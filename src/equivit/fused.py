@@ -3,7 +3,7 @@
 In eager mode on the CPU, plain tensor ops need several passes over the input for the energies
 (absolute values, channel sums, a float64 conversion, the sums over the grid) and a gather with
 one index per element for the roll. With `numba <https://numba.pydata.org>`_ installed
-(``pip install "equivit-timm[fast]"``), anchoring on the CPU instead runs compiled loops:
+(``pip install numba``, or ``pip install ".[fast]"`` in a clone), anchoring on the CPU instead runs compiled loops:
 
 - the energies in one read of the input, each position's channels summed in float32 in a fixed
   order and the per-position norms summed in float64 (the same rule as the eager path, so equal
@@ -86,7 +86,7 @@ def use_fused_kernels(on: bool = True) -> Iterator[None]:
         ImportError: If ``on`` is true and numba is not installed.
     """
     if on and not available():
-        raise ImportError('the fused kernels need numba: pip install "equivit-timm[fast]" (or pip install numba)')
+        raise ImportError('the fused kernels need numba: pip install numba (or pip install ".[fast]" in a clone)')
     previous = _state["enabled"]
     _state["enabled"] = bool(on)
     try:

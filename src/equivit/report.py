@@ -208,7 +208,7 @@ def check_images(
     if height % mh != 0 or width % mw != 0 or height == 0 or width == 0:
         raise ValueError(
             f"input size H x W = {height} x {width} is not a multiple of {mh} x {mw}, which the converted "
-            f"{model_name} needs (the product of the strides and windows on its path; got shape "
+            f"{model_name} needs (every stride and window on its path must divide the grid it sees; got shape "
             f"{shape_text(list(x.shape))}); resize or crop the images to a multiple, for example "
             f"{_nearest_multiple(height, mh)} x "
             f"{_nearest_multiple(width, mw)} (padding would break shift equivariance)"

@@ -22,7 +22,7 @@ def load_photos(size: int | tuple[int, int] = 224) -> torch.Tensor:
         size: ``H`` or ``(H, W)`` of the output.
 
     Raises:
-        ImportError: If scikit-image is not installed (``pip install "equivit-timm[photos]"``).
+        ImportError: If scikit-image is not installed (``pip install scikit-image``).
 
     Shape:
         - output: :math:`(16, 3, H, W)`
@@ -30,7 +30,8 @@ def load_photos(size: int | tuple[int, int] = 224) -> torch.Tensor:
     try:
         from skimage import data
     except ImportError as error:  # pragma: no cover - depends on the environment
-        raise ImportError('real photos need scikit-image: pip install "equivit-timm[photos]"') from error
+        message = 'real photos need scikit-image: pip install scikit-image (or pip install ".[photos]" in a clone)'
+        raise ImportError(message) from error
     height, width = (size, size) if isinstance(size, int) else size
     images = []
     for name in PHOTOS:
