@@ -33,7 +33,7 @@ def anchor(x: torch.Tensor, sh: int, sw: int, energy: str, channels_last: bool) 
         channels_last: Whether ``x`` is laid out ``(B, H, W, C)``.
 
     Returns:
-        ``(y, offsets)``: ``x`` rolled so that each sample's anchored phase sits at the origin, and
+        The pair ``(y, offsets)``: ``x`` rolled so that each sample's anchored phase sits at the origin, and
         the int64 phases, as :func:`equivit.polyphase_anchor` returns them.
 
     Raises:

@@ -61,7 +61,7 @@ def load_stock_checkpoint(
             names them: usually another model or another ``num_classes``).
         RuntimeError: If ``torch.load(weights_only=True)`` refuses the file (it pickles code).
 
-    Example:
+    Examples:
         >>> model = equivit.create_model("vit_small_patch16_224")  # doctest: +SKIP
         >>> equivit.load_stock_checkpoint(model, "vit_small_patch16_224.safetensors")  # doctest: +SKIP
     """

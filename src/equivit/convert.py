@@ -74,7 +74,7 @@ def convert(
     trusted: Iterable[type] = (),
     verbose: bool = False,
 ) -> nn.Module:
-    """Make a timm ViT, DeiT, Twins, Swin, PVT v2, ResNet or ConvNeXt model exactly equivariant to circular shifts.
+    """Make a timm model exactly equivariant to circular shifts (any family in ``equivit.SUPPORTED``).
 
     Every strided or windowed operator is anchored (its input rolled, per sample, to the
     polyphase component of largest energy), absolute position embeddings become a circular
@@ -106,7 +106,7 @@ def convert(
         UnsupportedModelError: If the model's class is not supported, or it holds modules that
             would break equivariance (the message lists them and what to do).
 
-    Example:
+    Examples:
         >>> import timm
         >>> model = convert(timm.create_model("vit_tiny_patch16_224"))
         >>> model.equivit_report.input_multiple

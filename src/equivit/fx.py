@@ -152,7 +152,7 @@ class EquivariantFeatureGraphNet(FeatureGraphNet):
     Raises:
         UnsupportedModelError: If the model cannot be converted.
 
-    Example:
+    Examples:
         >>> net = equivit.create_model(  # doctest: +SKIP
         ...     "resnet18", features_only=True, feature_cls=EquivariantFeatureGraphNet, out_indices=(2, 3)
         ... )

@@ -144,7 +144,9 @@ def unresolved_ties(
     from the other (up to a hash collision, probability about ``2**-40``), that is, the map is
     periodic with a period that carries one candidate onto the other (a constant image, stripes,
     a checkerboard, two equal dots exactly half the image apart). Either choice then gives the
-    same map up to whole periods, so the tie is harmless. The anchor takes the first tied index.
+    same map up to whole periods, so the tie is harmless for what a strided operator computes
+    next (for layers that roll their result back, see "The one limit" in docs/anchoring.md). The
+    anchor takes the first tied index.
 
     Returns:
         Booleans, one per sample.

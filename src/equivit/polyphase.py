@@ -108,7 +108,7 @@ def polyphase_anchor(
         channels_last: Whether ``x`` is laid out ``(B, H, W, C)`` (token maps).
 
     Returns:
-        ``(y, offsets)``: ``y`` has the shape and dtype of ``x`` with
+        The pair ``(y, offsets)``. ``y`` has the shape and dtype of ``x`` with
         ``y[b] == torch.roll(x[b], (-offsets[b, 0], -offsets[b, 1]), dims=(H, W))``;
         ``offsets`` is int64 ``(B, 2)``, the anchored phase of each sample.
 
@@ -121,7 +121,7 @@ def polyphase_anchor(
         - y: same as ``x``
         - offsets: :math:`(B, 2)`
 
-    Example:
+    Examples:
         >>> x = torch.randn(2, 3, 32, 32)
         >>> y, offsets = polyphase_anchor(x, 16)
         >>> y.shape, offsets.shape

@@ -280,7 +280,7 @@ def family_of(model: nn.Module) -> tuple[Family, nn.Module] | None:
         model: The model.
 
     Returns:
-        ``(family, module to convert)``: the model itself, or the model inside timm's
+        The pair ``(family, module to convert)``: the model itself, or the model inside timm's
         ``FeatureGetterNet``; None if no registered family takes it.
     """
     from timm.models._features import FeatureDictNet, FeatureGetterNet, FeatureHookNet

@@ -43,10 +43,10 @@ class ConversionReport:
     """What :func:`equivit.convert` did to a model; kept on it as ``model.equivit_report``.
 
     Attributes:
-        family: The model family: ``"vit"``, ``"twins"``, ``"swin"``, ``"pvt_v2"``, ``"resnet"`` or
-            ``"convnext"``.
-        input_multiple: ``(H, W)``: input sizes must be multiples of this (the product of the
-            strides and windows on the model's path).
+        family: The name of the model's family in :mod:`equivit.registry` (``"vit"``, ``"swin"``,
+            ``"resnet"``, ``"efficientnet"``, ...).
+        input_multiple: ``(H, W)``: input sizes must be multiples of this (every stride and
+            window on the model's path must divide the grid it sees).
         replacements: Every module or parameter changed, in order.
         new_parameters: Names of parameters that the stock model does not have (they cannot come
             from a stock checkpoint; see :func:`equivit.convert_state_dict`).

@@ -61,7 +61,7 @@ def equivariant_layer(
     Raises:
         ValueError: If ``fx`` is not ``"leaf"`` or ``"traced"``.
 
-    Example:
+    Examples:
         >>> @equivariant_layer(period="")
         ... class Twice(nn.Module):
         ...     def forward(self, x):

@@ -62,7 +62,7 @@ def assert_shift_invariant(
     Shape:
         - images: :math:`(B, C, H, W)`
 
-    Example:
+    Examples:
         >>> model = equivit.create_model("vit_tiny_patch16_224").eval()  # doctest: +SKIP
         >>> assert_shift_invariant(model, torch.randn(4, 3, 224, 224))  # doctest: +SKIP
     """

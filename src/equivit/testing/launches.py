@@ -61,7 +61,7 @@ class KernelOpCount:
 class KernelOpCounter(TorchDispatchMode):
     """A dispatch mode that counts kernel launches and host reads into :attr:`count`.
 
-    Example:
+    Examples:
         >>> with KernelOpCounter() as counter:
         ...     _ = torch.randn(4, 4).abs().sum()
         >>> counter.count.ops
@@ -100,7 +100,7 @@ def count_kernel_ops(function: Callable[..., object], *args: object, **kwargs: o
         The counts. Run it inside :func:`equivit.testing.accelerator_paths` to count the paths a
         GPU tensor takes.
 
-    Example:
+    Examples:
         >>> count_kernel_ops(torch.add, torch.ones(2), torch.ones(2)).ops
         1
     """

@@ -1,6 +1,6 @@
 """Hypothesis strategies for shift-equivariance tests: valid shapes, shifts, image batches.
 
-Example:
+Examples:
     >>> from hypothesis import given
     >>> from equivit.testing import strategies as eqst
     >>> @given(eqst.images(period=16))
