@@ -118,7 +118,7 @@ def shape_text(shape: list[int]) -> str:
     """
     parts: list[str] = []
     for size in shape:
-        parts.append(str(size))
+        parts.append(str(int(size)))  # int(): a symbolic size under torch.compile prints as a number
     return "(" + ", ".join(parts) + (",)" if len(parts) == 1 else ")")
 
 

@@ -140,6 +140,21 @@ class _AnchoredWindows(nn.Module):
                 x = block(x)
         return roll_back(x, offsets, True)
 
+    @torch.jit.unused
+    def set_input_size(self, *args: object, **kwargs: object) -> None:
+        """Refused: a converted stage keeps the grid and windows it was converted with.
+
+        timm's resize would give the blocks border masks again (which break equivariance) and
+        change the periods the model's input check knows. Resize the stock model, then convert it.
+
+        Raises:
+            NotImplementedError: Always.
+        """
+        raise NotImplementedError(
+            "a converted Swin stage keeps the windows it was converted with: call set_input_size on the stock "
+            "timm model, then convert it (equivit.convert)"
+        )
+
     def _scripted_window(self) -> tuple[int, int]:
         """:attr:`window_size` in a form TorchScript compiles (every block of a stage has the same window)."""
         size = (1, 1)
