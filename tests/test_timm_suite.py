@@ -63,10 +63,11 @@ def chosen_models() -> list[str]:
 
 
 # equivit refuses image sizes that its anchors cannot tile (padding would break equivariance), where
-# timm pads (Swin's window padding), and refuses to resize a converted Swin in place (timm's resize
-# would bring back the border masks). A test that fails converted with one of these messages is
-# refused by design; any other failure is a regression.
-REFUSAL = re.compile(r"is not a (positive )?multiple of|keeps the windows it was converted with")
+# timm pads (Swin's window padding), refuses to resize a converted Swin in place (timm's resize
+# would bring back the border masks), and refuses configurations it cannot make exact with an
+# UnsupportedModelError that names the module (dilated stages for output_stride < 32). A test that
+# fails converted with one of these messages is refused by design; any other failure is a regression.
+REFUSAL = re.compile(r"is not a (positive )?multiple of|keeps the windows it was converted with|UnsupportedModelError")
 
 # timm tests of the machinery that conversion replaces, by name, and why they cannot pass converted.
 BY_DESIGN = {

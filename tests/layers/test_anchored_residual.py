@@ -6,12 +6,14 @@ import subprocess
 import sys
 
 import pytest
+import timm
 import torch
 from contract import LayerContract
 from timm.layers import BatchNormAct2d, create_conv2d
 from timm.models import regnet, resnetv2
 from torch import nn
 
+import equivit
 from equivit.layers import AnchoredConv2d, AnchoredDownsample, anchored_entry, anchored_residual, make_circular
 from equivit.testing import assert_shift_equivariant, make_images, perturb_weights_
 
@@ -151,3 +153,29 @@ def test_an_entry_keeps_its_state_dict_and_pickles() -> None:
     assert entry.state_dict().keys() == stem.state_dict().keys()
     assert type(entry).__name__ == "AnchoredTwoPaths"
     assert "period=4" in repr(entry)
+
+
+def test_a_sliced_sequential_entry_keeps_the_anchor_where_the_images_enter() -> None:
+    """timm's forward_intermediates slices stems (VoVNet: ``stem[:-1]`` then ``stem[-1]``)."""
+    torch.manual_seed(0)
+    stem = nn.Sequential(nn.Conv2d(3, 4, 3, 2, 1, padding_mode="circular"), nn.ReLU(), nn.Conv2d(4, 4, 1))
+    entry = anchored_entry(stem, 4)
+    head, tail = entry[:-1], entry[1:]
+    assert isinstance(head, type(entry))
+    assert (head.anchor_period, head.energy) == (4, "l1")
+    assert type(tail) is nn.Sequential
+    assert entry[-1] is entry[2]
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(entry[-1](head(x)), entry(x))
+
+
+@pytest.mark.parametrize("name", ["ese_vovnet19b_slim_dw", "nf_regnet_b0"])
+def test_forward_intermediates_runs_the_input_anchor(name: str) -> None:
+    """VoVNet slices its stem and NFNet runs its stem's children one by one in forward_intermediates."""
+    torch.manual_seed(0)
+    model = equivit.convert(timm.create_model(name)).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        final, _ = model.forward_intermediates(x)
+        assert torch.equal(final, model.forward_features(x))

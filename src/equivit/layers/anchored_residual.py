@@ -54,6 +54,7 @@ def _anchored_class(stock: type[nn.Module], anchored_children: tuple[str, ...]) 
                     f"{', '.join(anchored_children)}; made by equivit.layers.anchored_residual."
                 ),
                 "_stock_forward": parent_method(stock.forward, "_stock_forward"),
+                **({"__getitem__": _sliced_entry} if entry and issubclass(stock, nn.Sequential) else {}),
             },
         )
         cls.__qualname__ = _class_key(stock, anchored_children)
@@ -62,6 +63,22 @@ def _anchored_class(stock: type[nn.Module], anchored_children: tuple[str, ...]) 
         declare = declare or equivariant_layer(period="stride", anchored_children=anchored_children)
         _CLASSES[key] = declare(cls)
     return _CLASSES[key]
+
+
+def _sliced_entry(self: nn.Sequential, index: int | slice) -> nn.Module:
+    """``stem[index]`` of an anchored sequential entry (timm's ``forward_intermediates`` slices stems).
+
+    A slice that starts at the first module receives the images, so it keeps the input anchor; a
+    slice that starts later runs on the anchored map and is the stock container; one module is
+    itself, as for ``nn.Sequential``.
+    """
+    item = nn.Sequential.__getitem__(self, index)
+    if isinstance(index, slice) and isinstance(item, _AnchoredInput):
+        if index.indices(len(self))[0] == 0:
+            item.energy, item.anchor_period, item.block_name = self.energy, self.anchor_period, self.block_name
+        else:
+            item.__class__ = type(self).__bases__[1]
+    return item
 
 
 def __getattr__(name: str) -> type[nn.Module]:
