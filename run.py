@@ -65,7 +65,7 @@ def main(argv: list[str]) -> None:
         run(PYTHON, "-m", "equivit.demo", *rest)
     elif job == "test":
         ensure_environment("test")
-        run(PYTHON, "-m", "ruff", "check", "src", "tests", "benchmarks", "run.py")
+        run(PYTHON, "-m", "ruff", "check", "src", "tests", "benchmarks", "run.py", "mkdocs_hooks.py")
         slow = ["-m", "not cuda"] if "--slow" in rest else []
         # One worker per core (at most 4): compiles and hypothesis searches are single-threaded.
         workers = ["-n", "auto", "--maxprocesses", "4"]
