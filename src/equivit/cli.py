@@ -99,7 +99,9 @@ def _check_size(name: str, size: tuple[int, int], multiple: tuple[int, int]) -> 
     """Raise a ``ValueError`` with the ``--img-size`` to use unless ``size`` is a multiple of ``multiple``."""
     if size[0] % multiple[0] == 0 and size[1] % multiple[1] == 0:
         return
-    near = [max(m, round(s / m) * m) for s, m in zip(size, multiple, strict=True)]
+    from equivit.report import nearest_multiple
+
+    near = [nearest_multiple(s, m) for s, m in zip(size, multiple, strict=True)]
     raise ValueError(
         f"--img-size {size[0]} {size[1]} is not a multiple of {multiple[0]} x {multiple[1]}, which the converted "
         f"{name} needs (every stride and window on its path must divide the grid it sees); "

@@ -16,6 +16,7 @@ __all__ = [
     "check_images",
     "entry_path",
     "install_input_check",
+    "nearest_multiple",
 ]
 
 
@@ -145,7 +146,7 @@ def dtype_name(dtype: torch.dtype) -> str:
     return "dtype " + str(dtype)
 
 
-def _nearest_multiple(size: int, multiple: int) -> int:
+def nearest_multiple(size: int, multiple: int) -> int:
     """The positive multiple of ``multiple`` nearest to ``size`` (ties to the even quotient, as ``round``)."""
     quotient, remainder = size // multiple, size % multiple
     if 2 * remainder > multiple or (2 * remainder == multiple and quotient % 2 == 1):
@@ -210,8 +211,8 @@ def check_images(
             f"input size H x W = {height} x {width} is not a multiple of {mh} x {mw}, which the converted "
             f"{model_name} needs (every stride and window on its path must divide the grid it sees; got shape "
             f"{shape_text(list(x.shape))}); resize or crop the images to a multiple, for example "
-            f"{_nearest_multiple(height, mh)} x "
-            f"{_nearest_multiple(width, mw)} (padding would break shift equivariance)"
+            f"{nearest_multiple(height, mh)} x "
+            f"{nearest_multiple(width, mw)} (padding would break shift equivariance)"
         )
     if not empty_ok and x.shape[0] == 0:
         raise ValueError(

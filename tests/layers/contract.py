@@ -73,7 +73,8 @@ class LayerContract:
 
     def symmetric(self, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """Samples whose anchored maps have an unbreakable tie (only asked when :attr:`aligned_output`)."""
-        seen = self.wrap(layer).layer_input(x) if isinstance(self.wrap(layer), GridLayer) else x
+        wrapped = self.wrap(layer)
+        seen = wrapped.layer_input(x) if isinstance(wrapped, GridLayer) else x
         return unresolved_ties(seen, self.stride)
 
     def make(self, dtype: torch.dtype = torch.float32) -> nn.Module:

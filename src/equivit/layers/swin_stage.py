@@ -115,8 +115,7 @@ class _AnchoredWindows(nn.Module):
     @property
     def window_size(self) -> tuple[int, int]:
         """The window of the stage's blocks (the anchoring period of its token grid)."""
-        size = self.blocks[0].window_size if len(self.blocks) else (1, 1)  # type: ignore[index, arg-type]
-        return int(size[0]), int(size[1])
+        return self._scripted_window()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Merge (anchored), anchor the windows, run the blocks, roll back.
