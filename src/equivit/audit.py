@@ -90,6 +90,11 @@ def _conv_problem(conv: nn.Conv2d) -> str | None:
     return None
 
 
+def _anchors_its_grid(module: nn.Module) -> bool:
+    """Whether ``module`` is a declared layer that anchors its token grid with period = the grid."""
+    return any(type(module) is declaration.layer and declaration.period == "grid" for declaration in declared_layers())
+
+
 def _family_checks() -> dict[type, ModuleCheck]:
     return {cls: check for family in registered_families() for cls, check in family.checks.items()}
 
@@ -99,6 +104,8 @@ def _module_problem(
 ) -> str | None:
     if isinstance(module, nn.Conv2d):
         return _conv_problem(module)
+    if _anchors_its_grid(module):  # its position terms act in the content-chosen frame
+        return None
     if type(module) in checks:
         return checks[type(module)](module)
     if isinstance(module, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)):

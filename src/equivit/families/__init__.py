@@ -9,7 +9,9 @@ from outside the package.
 from __future__ import annotations
 
 from equivit.families import (
+    beit,
     byobnet,
+    cait,
     convmixer,
     convnext,
     cspnet,
@@ -18,6 +20,7 @@ from equivit.families import (
     dla,
     dpn,
     efficientnet,
+    eva,
     fasternet,
     ghostnet,
     hgnet,
@@ -25,6 +28,7 @@ from equivit.families import (
     inception_next,
     lcnetv2,
     mambaout,
+    mlp_mixer,
     nfnet,
     pvt_v2,
     rdnet,
@@ -40,8 +44,10 @@ from equivit.families import (
     tresnet,
     twins,
     vit,
+    vit_relpos,
     vovnet,
     xception_aligned,
+    xcit,
 )
 from equivit.registry import Family, register_family
 
@@ -53,6 +59,8 @@ BUILT_IN: tuple[Family, ...] = tuple(
         vit.FAMILY, twins.FAMILY, swin.FAMILY, pvt_v2.FAMILY, resnet.FAMILY, convnext.FAMILY,
         efficientnet.EFFICIENTNET, efficientnet.MOBILENETV3, regnet.FAMILY,
         resnetv2.FAMILY,
+        # Transformers on one token grid: the grid anchored with period = the grid.
+        eva.FAMILY, vit_relpos.FAMILY, beit.FAMILY, cait.FAMILY, mlp_mixer.FAMILY, xcit.FAMILY,
         # Networks whose branches meet at different resolutions: one anchor at the input.
         byobnet.FAMILY, cspnet.FAMILY, dla.FAMILY, hrnet.FAMILY, densenet.FAMILY, dpn.FAMILY,
         vovnet.FAMILY, ghostnet.FAMILY, rexnet.FAMILY, senet.FAMILY, selecsls.FAMILY, xception_aligned.FAMILY,

@@ -21,6 +21,9 @@ def _is_positional_conv(name: str, module: nn.Module) -> bool:
     return isinstance(module, nn.Conv2d) and ("pos_conv" in name or "pos_block" in name)
 
 
+_LAYER_SCALES = ("gamma", "gamma_1", "gamma_2")  # per-channel scales of residual branches
+
+
 @torch.no_grad()
 def perturb_weights_(model: nn.Module, *, seed: int = 0, only: Collection[str] | None = None) -> nn.Module:
     """Give a freshly initialised model the statistics that training gives it, in place.
@@ -35,6 +38,10 @@ def perturb_weights_(model: nn.Module, *, seed: int = 0, only: Collection[str] |
     - ``pos_embed`` to ``0.5 * N(0, 1)`` and the prefix tokens to ``N(0, 1)``;
     - positional convolutions (``pos_conv``, Twins' ``pos_block``) to ``0.2 * N(0, 1)``;
     - Swin's relative position bias tables to ``N(0, 1)`` (timm initialises them at 0.02);
+    - all-zero linear weights (classifiers that timm starts at 0, as MLP-Mixer's) to
+      ``N(0, 1 / fan_in)``;
+    - layer scales (``gamma``, ``gamma_1``, ``gamma_2``; timm starts them at 1e-6 to 1e-5, which
+      silences every block) to ``0.2 + 0.2 * N(0, 1)``;
     - the gains of weight-standardised convolutions and NFNet's ``skipinit_gain`` (the last one of
       each block starts at 0, which silences the residual branch) to ``1 + 0.5 * N(0, 1)``.
 
@@ -53,6 +60,8 @@ def perturb_weights_(model: nn.Module, *, seed: int = 0, only: Collection[str] |
             name = prefix + param_name
             if _is_norm(module):
                 targets[name] = (param, 1.0 if param_name == "weight" else 0.0, 0.5 if param_name == "weight" else 0.2)
+            elif param_name in _LAYER_SCALES and param.dim() == 1:
+                targets[name] = (param, 0.2, 0.2)
             elif param_name in ("gain", "skipinit_gain"):
                 targets[name] = (param, 1.0, 0.5)
             elif _is_positional_conv(module_name, module):
@@ -61,6 +70,8 @@ def perturb_weights_(model: nn.Module, *, seed: int = 0, only: Collection[str] |
                 targets[name] = (param, 0.0, 0.5)
             elif param_name == "relative_position_bias_table" or param_name in _TOKENS:
                 targets[name] = (param, 0.0, 1.0)
+            elif isinstance(module, nn.Linear) and param_name == "weight" and not bool(param.any()):
+                targets[name] = (param, 0.0, param.shape[1] ** -0.5)  # a zero-initialised classifier
     for name, (param, mean, std) in targets.items():
         if only is not None and name not in only:
             continue
