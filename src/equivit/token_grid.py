@@ -12,8 +12,12 @@ These are the two steps; a family's converted class calls them around timm's own
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import torch
 from timm.layers import Format, PatchEmbed
+from timm.models._features import FeatureListNet
+from timm.models._manipulate import checkpoint
 from torch import nn
 
 from equivit.anchor_core import anchor, roll_back
@@ -22,10 +26,13 @@ from equivit.layers.patch_embed import AnchoredPatchEmbed
 from equivit.report import ConversionReport, UnsupportedModelError
 
 __all__ = [
+    "GridAnchoredEntry",
+    "GridAnchoredFeatureListNet",
     "anchor_patch_tokens",
     "anchored_grid_embedding",
     "check_grid_size",
     "patch_token_map",
+    "roll_back_map",
     "roll_back_patch_tokens",
 ]
 
@@ -163,3 +170,69 @@ def patch_token_map(
     if output_fmt == "NCHW":
         return patches.permute(0, 3, 1, 2).contiguous()
     return patches.reshape(batch, height * width, channels)
+
+
+def roll_back_map(y: torch.Tensor, offsets: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Roll a map computed from an anchored ``height x width`` grid back to the image's frame.
+
+    A map of a coarser grid (a later stage, ``f`` times coarser along an axis) is rolled by the
+    origin divided by ``f``, rounded down: a shift of the image by a multiple of ``f`` grid cells then
+    moves the map by exactly ``shift / f`` cells, and any other shift by some whole number of cells.
+
+    Args:
+        y: The map, in the anchored frame.
+        offsets: The origins chosen on the anchored grid (:func:`equivit.anchor_core.anchor`).
+        height: Rows of the anchored grid (a multiple of the map's).
+        width: Columns of the anchored grid (a multiple of the map's).
+
+    Returns:
+        ``y`` in the image's frame.
+
+    Shape:
+        - y: :math:`(B, C, H', W')`
+        - offsets: :math:`(B, 2)`
+        - output: :math:`(B, C, H', W')`
+    """
+    rows, columns = height // y.shape[-2], width // y.shape[-1]
+    if rows == 1 and columns == 1:
+        return roll_back(y, offsets, False)
+    if rows == columns:
+        return roll_back(y, torch.div(offsets, rows, rounding_mode="floor"), False)
+    coarse = torch.stack([offsets[:, 0] // rows, offsets[:, 1] // columns], dim=1)
+    return roll_back(y, coarse, False)
+
+
+class GridAnchoredEntry(nn.Module):
+    """Marks an entry module (a stem) that anchors its output map with period = the whole map.
+
+    A subclass runs the stock entry, then rolls the map so that a position chosen from content
+    sits at the origin; everything after it sees the same map for every circular shift of the
+    image. Its ``forward`` returns the pair ``(map, origins)``: the origins roll feature maps back
+    (:func:`roll_back_map`).
+    """
+
+
+class GridAnchoredFeatureListNet(FeatureListNet):
+    """timm's ``FeatureListNet`` of a model whose entry anchors its map (:class:`GridAnchoredEntry`).
+
+    The modules run in order as in timm; each returned map is rolled back to the image's frame by
+    the origin the entry chose (:func:`roll_back_map`), so that it moves with the image.
+    """
+
+    def _collect(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Run the modules, anchoring at the entry, and collect the rolled-back maps."""
+        out: dict[str, torch.Tensor] = OrderedDict()
+        offsets = torch.zeros(x.shape[0], 2, dtype=torch.int64, device=x.device)
+        height, width = 0, 0
+        last = len(self) - 1
+        for index, (name, module) in enumerate(self.items()):
+            if isinstance(module, GridAnchoredEntry):
+                x, offsets = module(x)
+                height, width = x.shape[-2], x.shape[-1]
+            elif not torch.jit.is_scripting() and self.grad_checkpointing and 0 < index < last:
+                x = checkpoint(module, x)
+            else:
+                x = module(x)
+            if name in self.return_layers:
+                out[self.return_layers[name]] = roll_back_map(x, offsets, height, width) if height > 0 else x
+        return out

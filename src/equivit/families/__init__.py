@@ -28,6 +28,7 @@ from equivit.families import (
     inception_next,
     lcnetv2,
     mambaout,
+    maxxvit,
     mlp_mixer,
     nfnet,
     pvt_v2,
@@ -61,6 +62,8 @@ BUILT_IN: tuple[Family, ...] = tuple(
         resnetv2.FAMILY,
         # Transformers on one token grid: the grid anchored with period = the grid.
         eva.FAMILY, vit_relpos.FAMILY, beit.FAMILY, cait.FAMILY, mlp_mixer.FAMILY, xcit.FAMILY,
+        # Hierarchical transformers: the stem's map anchored with period = the map.
+        maxxvit.FAMILY,
         # Networks whose branches meet at different resolutions: one anchor at the input.
         byobnet.FAMILY, cspnet.FAMILY, dla.FAMILY, hrnet.FAMILY, densenet.FAMILY, dpn.FAMILY,
         vovnet.FAMILY, ghostnet.FAMILY, rexnet.FAMILY, senet.FAMILY, selecsls.FAMILY, xception_aligned.FAMILY,
