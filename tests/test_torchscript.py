@@ -24,10 +24,9 @@ from helpers import check_consistency
 from zoo import TINY, heavy, tiny_pair
 
 # Stock timm models that TorchScript cannot compile (HRNet and SelecSLS pass lists of maps, BEiT's
-# shared relative bias changes a variable's type, the ViT with a shared relative-position MLP takes
-# keyword-only arguments); the stock test checks that this still holds, the tests of converted
-# models leave them out.
-STOCK_DOES_NOT_SCRIPT = {"hrnet", "selecsls", "beit_shared_abs", "vit_srelpos_cls"}
+# shared relative bias changes a variable's type); the stock test checks that this still holds,
+# the tests of converted models leave them out.
+STOCK_DOES_NOT_SCRIPT = {"hrnet", "selecsls", "beit_shared_abs"}
 FAMILIES = heavy([family for family in TINY if family not in STOCK_DOES_NOT_SCRIPT])
 # Shifts that are not multiples of any stride or window, one of them negative.
 SHIFTS = [(3, 5), (13, -7)]
