@@ -19,7 +19,7 @@ from equivit.testing import (
     load_photos,
     perturb_weights_,
 )
-from helpers import check_consistency
+from helpers import RELATIVE_TOLERANCE, check_consistency, rounding_tolerance
 from zoo import FAMILY_OF, TINY, tiny_pair
 
 EXAMPLES = list(TINY)
@@ -31,7 +31,12 @@ FEATURE_EXAMPLES = [example for example in EXAMPLES if FAMILY_OF[example] not in
 def test_example_keeps_every_prediction_on_real_photos(example: str) -> None:
     stock, converted, _ = tiny_pair(example)
     images = load_photos(TINY[example][2])[:4]
-    check_consistency(stock, converted, images, f"{example} example", shifts=2)
+    # Logits may move by float32 rounding: 2e-5 of their scale, or four times this model's own
+    # float32-to-float64 distance where that is larger (deep CNNs with trained-looking weights).
+    with torch.no_grad():
+        scale = max(1.0, float(converted(images).abs().max()))
+    relative = max(RELATIVE_TOLERANCE, rounding_tolerance(converted, images, RELATIVE_TOLERANCE) / scale)
+    check_consistency(stock, converted, images, f"{example} example", shifts=2, relative_tolerance=relative)
 
 
 @pytest.mark.parametrize("example", EXAMPLES)

@@ -29,6 +29,7 @@ from equivit.families import (
     lcnetv2,
     mambaout,
     maxxvit,
+    metaformer,
     mlp_mixer,
     nfnet,
     pvt_v2,
@@ -42,6 +43,7 @@ from equivit.families import (
     senet,
     starnet,
     swin,
+    swin_v2_cr,
     tresnet,
     twins,
     vit,
@@ -63,7 +65,7 @@ BUILT_IN: tuple[Family, ...] = tuple(
         # Transformers on one token grid: the grid anchored with period = the grid.
         eva.FAMILY, vit_relpos.FAMILY, beit.FAMILY, cait.FAMILY, mlp_mixer.FAMILY, xcit.FAMILY,
         # Hierarchical transformers: the stem's map anchored with period = the map.
-        maxxvit.FAMILY,
+        maxxvit.FAMILY, swin_v2_cr.FAMILY, metaformer.FAMILY,
         # Networks whose branches meet at different resolutions: one anchor at the input.
         byobnet.FAMILY, cspnet.FAMILY, dla.FAMILY, hrnet.FAMILY, densenet.FAMILY, dpn.FAMILY,
         vovnet.FAMILY, ghostnet.FAMILY, rexnet.FAMILY, senet.FAMILY, selecsls.FAMILY, xception_aligned.FAMILY,

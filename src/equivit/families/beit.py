@@ -170,7 +170,8 @@ FAMILY = Family(
     # timm's attention infers a size from the data (a reshape with -1): an empty batch fails in the stock model too.
     empty_batch_ok=False,
     examples={
-        "beit": Example("beit_base_patch16_224", {**_TINY, "img_size": (32, 48)}, (32, 48)),
+        # The token-grid policy is tested on eva02 (compile, TorchScript, autocast).
+        "beit": Example("beit_base_patch16_224", {**_TINY, "img_size": (32, 48)}, (32, 48), quick=False),
         "beit_shared_abs": Example(
             "beit_base_patch16_224",
             {**_TINY, "img_size": 32, "use_abs_pos_emb": True, "use_rel_pos_bias": False}

@@ -152,6 +152,7 @@ FAMILY = Family(
             "cait_xxs24_224",
             {"img_size": (32, 48), "patch_size": 8, "embed_dim": 32, "depth": 3, "num_heads": 2, "depth_token_only": 1},
             (32, 48),
+            quick=False,  # the token-grid policy is tested on eva02
         ),
     },
 )

@@ -216,6 +216,7 @@ FAMILY = Family(
             "vit_small_patch16_dinov3",
             {"patch_size": 8, "embed_dim": 32, "depth": 3, "num_heads": 2, "head_init_scale": 1.0},
             (48, 32),
+            quick=False,  # the token-grid policy is tested on eva02 (compile, TorchScript, autocast)
         ),
     },
 )

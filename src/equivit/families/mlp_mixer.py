@@ -141,7 +141,7 @@ FAMILY = Family(
     empty_batch_ok=True,
     examples={
         # timm's mixer functions fix patch size, depth and width (no override): small images instead.
-        "mixer": Example("mixer_s32_224", {"img_size": (64, 96)}, (64, 96)),
+        "mixer": Example("mixer_s32_224", {"img_size": (64, 96)}, (64, 96), quick=False),
         "resmlp": Example("resmlp_12_224", {"img_size": (48, 64)}, (48, 64), quick=False),
         "gmlp": Example("gmlp_ti16_224", {"img_size": (48, 64)}, (48, 64), quick=False),
     },

@@ -170,6 +170,7 @@ FAMILY = Family(
             "vit_relpos_small_patch16_224",
             {"img_size": (32, 48), "patch_size": 8, "embed_dim": 32, "depth": 3, "num_heads": 2},
             (32, 48),
+            quick=False,  # the token-grid policy is tested on eva02
         ),
         "vit_srelpos_cls": Example(
             "vit_srelpos_small_patch16_224",

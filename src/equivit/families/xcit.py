@@ -163,6 +163,7 @@ FAMILY = Family(
             "xcit_nano_12_p16_224",
             {"img_size": 64, "embed_dim": 32, "depth": 3, "num_heads": 2, "cls_attn_layers": 1},
             (64, 96),
+            quick=False,  # the token-grid policy is tested on eva02
         ),
         "xcit_p8": Example(
             "xcit_nano_12_p8_224",
