@@ -7,7 +7,10 @@ grid), a circular shift of the image reaches the blocks as the same sequence, bi
 everything after that point is invariant. The patch tokens are rolled back at the end so that
 token maps move with the image; prefix tokens (class, register) are left where they are.
 
-These are the two steps; a family's converted class calls them around timm's own blocks.
+A hierarchical model (MaxViT, Swin v2 CR, MetaFormer) anchors the map its stem produces the same
+way (:class:`GridAnchoredEntry`); a feature map ``f`` times coarser is rolled back by the origin
+divided by ``f`` (:func:`roll_back_map`). A family's converted class calls these around timm's own
+blocks; :class:`GridAnchoredFeatureListNet` does it for timm's ``features_only`` wrapper.
 """
 
 from __future__ import annotations
