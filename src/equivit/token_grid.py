@@ -34,6 +34,7 @@ __all__ = [
     "anchor_patch_tokens",
     "anchored_grid_embedding",
     "check_grid_size",
+    "install_grid_anchored_model",
     "patch_token_map",
     "roll_back_map",
     "roll_back_patch_tokens",
@@ -239,3 +240,36 @@ class GridAnchoredFeatureListNet(FeatureListNet):
             if name in self.return_layers:
                 out[self.return_layers[name]] = roll_back_map(x, offsets, height, width) if height > 0 else x
         return out
+
+
+def install_grid_anchored_model(
+    model: nn.Module, report: ConversionReport, stock: type[nn.Module], converted: type[nn.Module], entry: str
+) -> None:
+    """Give a model whose ``entry`` now anchors its map its converted class, or its features wrapper ours.
+
+    A model of class ``stock`` becomes ``converted`` (which rolls its feature maps back); timm's
+    ``FeatureListNet`` of one becomes a :class:`GridAnchoredFeatureListNet`, whose modules after
+    ``entry`` are declared to run on the anchored map (for the equivariance audit).
+
+    Args:
+        model: The model, or timm's ``features_only`` wrapper of one, changed in place.
+        report: Where the change is recorded.
+        stock: The timm model class.
+        converted: Its converted subclass.
+        entry: The name of the entry module (``"stem"``, ``"patch_embed"``).
+
+    Raises:
+        UnsupportedModelError: If ``model`` is neither.
+    """
+    if isinstance(model, stock):
+        model.__class__ = converted
+        report.add("", stock.__name__, f"{converted.__name__} (feature maps rolled back)")
+    elif type(model) is FeatureListNet:
+        model.__class__ = GridAnchoredFeatureListNet
+        names = list(model.keys())
+        model.equivit_anchored_children = tuple(names[names.index(entry) + 1 :])
+        report.add("", "FeatureListNet", "GridAnchoredFeatureListNet (maps rolled back to the image's frame)")
+    else:
+        raise UnsupportedModelError(
+            f"{type(model).__name__}: expected a {stock.__name__} or timm's FeatureListNet of one"
+        )

@@ -6,7 +6,7 @@ import math
 
 import torch
 from timm.models import maxxvit as timm_maxxvit
-from timm.models._features import FeatureListNet, feature_take_indices
+from timm.models._features import feature_take_indices
 from timm.models.maxxvit import MaxxVit, Stem
 from torch import nn
 
@@ -17,7 +17,12 @@ from equivit.layers.declare import equivariant_layer
 from equivit.layers.sharing import parent_method, retype
 from equivit.registry import Example, Family, module_types
 from equivit.report import ConversionReport, UnsupportedModelError
-from equivit.token_grid import GridAnchoredEntry, GridAnchoredFeatureListNet, roll_back_map
+from equivit.token_grid import (
+    GridAnchoredEntry,
+    GridAnchoredFeatureListNet,
+    install_grid_anchored_model,
+    roll_back_map,
+)
 
 __all__ = ["FAMILY", "EquivariantMaxxVit", "GridAnchoredMaxxVitStem", "convert_maxxvit"]
 
@@ -166,18 +171,9 @@ def convert_maxxvit(model: nn.Module, report: ConversionReport, energy: Energy) 
     anchored.equivit_energy = energy
     model.stem = anchored
     report.add("stem", "Stem", "GridAnchoredMaxxVitStem (stem map anchored with period = the map)")
-    if isinstance(model, MaxxVit):
-        report.input_multiple = (_window_multiple(model),) * 2
-        model.__class__ = EquivariantMaxxVit
-        report.add("", "MaxxVit", "EquivariantMaxxVit (stages run on the anchored stem map; features rolled back)")
-    elif type(model) is FeatureListNet:
-        report.input_multiple = (32, 32)
-        model.__class__ = GridAnchoredFeatureListNet
-        names = list(model.keys())
-        model.equivit_anchored_children = tuple(names[names.index("stem") + 1 :])  # run on the anchored map
-        report.add("", "FeatureListNet", "GridAnchoredFeatureListNet (maps rolled back to the image's frame)")
-    else:
-        raise UnsupportedModelError(f"{type(model).__name__}: expected a MaxxVit or timm's FeatureListNet of one")
+    # The full model knows its windows; timm's features wrapper keeps only the reductions.
+    report.input_multiple = (_window_multiple(model),) * 2 if isinstance(model, MaxxVit) else (32, 32)
+    install_grid_anchored_model(model, report, MaxxVit, EquivariantMaxxVit, "stem")
 
 
 _TINY = {"embed_dim": (16, 16, 32, 32), "depths": (1, 1, 1, 1), "stem_width": 16, "transformer_dim_head": 8}

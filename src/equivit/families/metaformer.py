@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 from timm.models import metaformer as timm_metaformer
-from timm.models._features import FeatureListNet, feature_take_indices
+from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint
 from timm.models.metaformer import MetaFormer, Stem
 from torch import nn
@@ -16,7 +16,12 @@ from equivit.layers.declare import equivariant_layer
 from equivit.layers.sharing import parent_method, retype
 from equivit.registry import Example, Family, module_types
 from equivit.report import ConversionReport, UnsupportedModelError
-from equivit.token_grid import GridAnchoredEntry, GridAnchoredFeatureListNet, roll_back_map
+from equivit.token_grid import (
+    GridAnchoredEntry,
+    GridAnchoredFeatureListNet,
+    install_grid_anchored_model,
+    roll_back_map,
+)
 
 __all__ = ["FAMILY", "EquivariantMetaFormer", "GridAnchoredMetaFormerStem", "convert_metaformer"]
 
@@ -142,16 +147,7 @@ def convert_metaformer(model: nn.Module, report: ConversionReport, energy: Energ
     model.stem = anchored
     report.add("stem", "Stem", "GridAnchoredMetaFormerStem (stem map anchored with period = the map)")
     report.input_multiple = (32, 32)
-    if isinstance(model, MetaFormer):
-        model.__class__ = EquivariantMetaFormer
-        report.add("", "MetaFormer", "EquivariantMetaFormer (feature maps rolled back)")
-    elif type(model) is FeatureListNet:
-        model.__class__ = GridAnchoredFeatureListNet
-        names = list(model.keys())
-        model.equivit_anchored_children = tuple(names[names.index("stem") + 1 :])
-        report.add("", "FeatureListNet", "GridAnchoredFeatureListNet (maps rolled back to the image's frame)")
-    else:
-        raise UnsupportedModelError(f"{type(model).__name__}: expected a MetaFormer or timm's FeatureListNet of one")
+    install_grid_anchored_model(model, report, MetaFormer, EquivariantMetaFormer, "stem")
 
 
 FAMILY = Family(

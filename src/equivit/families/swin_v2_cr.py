@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 from timm.models import swin_transformer_v2_cr as timm_swin_cr
-from timm.models._features import FeatureListNet, feature_take_indices
+from timm.models._features import feature_take_indices
 from timm.models.swin_transformer_v2_cr import PatchEmbed, SwinTransformerV2Cr
 from torch import nn
 
@@ -15,7 +15,12 @@ from equivit.layers.declare import equivariant_layer
 from equivit.layers.sharing import parent_method, retype
 from equivit.registry import Example, Family, module_types
 from equivit.report import ConversionReport, UnsupportedModelError
-from equivit.token_grid import GridAnchoredEntry, GridAnchoredFeatureListNet, roll_back_map
+from equivit.token_grid import (
+    GridAnchoredEntry,
+    GridAnchoredFeatureListNet,
+    install_grid_anchored_model,
+    roll_back_map,
+)
 
 __all__ = ["FAMILY", "EquivariantSwinTransformerV2Cr", "GridAnchoredSwinCrPatchEmbed", "convert_swin_v2_cr"]
 
@@ -145,18 +150,7 @@ def convert_swin_v2_cr(model: nn.Module, report: ConversionReport, energy: Energ
         f"GridAnchoredSwinCrPatchEmbed (projection anchored, period {patch[0]}; token grid anchored, period = grid)",
     )
     report.input_multiple = (patch[0] * 8, patch[1] * 8)  # three patch mergings, windows checked by timm
-    if isinstance(model, SwinTransformerV2Cr):
-        model.__class__ = EquivariantSwinTransformerV2Cr
-        report.add("", "SwinTransformerV2Cr", "EquivariantSwinTransformerV2Cr (feature maps rolled back)")
-    elif type(model) is FeatureListNet:
-        model.__class__ = GridAnchoredFeatureListNet
-        names = list(model.keys())
-        model.equivit_anchored_children = tuple(names[names.index("patch_embed") + 1 :])
-        report.add("", "FeatureListNet", "GridAnchoredFeatureListNet (maps rolled back to the image's frame)")
-    else:
-        raise UnsupportedModelError(
-            f"{type(model).__name__}: expected a SwinTransformerV2Cr or timm's FeatureListNet of one"
-        )
+    install_grid_anchored_model(model, report, SwinTransformerV2Cr, EquivariantSwinTransformerV2Cr, "patch_embed")
 
 
 FAMILY = Family(
