@@ -15,7 +15,7 @@ from torch import nn
 
 from equivit.testing import load_photos
 from helpers import check_consistency
-from zoo import ONE_PER_FAMILY, TINY, heavy, tiny_pair
+from zoo import ONE_PER_FAMILY, TINY, heavy, per_policy, tiny_pair
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -40,7 +40,7 @@ class Autocast(nn.Module):
 
 
 @pytest.mark.parametrize("precision", list(DTYPES))
-@pytest.mark.parametrize("family", heavy(list(TINY)))
+@pytest.mark.parametrize("family", per_policy(list(TINY)))
 def test_autocast_keeps_every_prediction(family: str, precision: str) -> None:
     dtype = DTYPES[precision]
     stock, converted, _ = tiny_pair(family)

@@ -22,7 +22,7 @@ from torch._inductor.utils import get_first_incompatible_cudagraph_node
 import equivit
 from equivit.testing import load_photos, make_images
 from helpers import check_consistency, rounding_tolerance
-from zoo import TINY, heavy, tiny_pair
+from zoo import TINY, per_policy, tiny_pair
 
 # The default run compiles the families that test_convert.py does not (ViT and PCPVT are there).
 DEFAULT = ["swin", "pvt_v2", "resnet", "convnext"]
@@ -107,7 +107,7 @@ def _aot_graphs(model: nn.Module, images: torch.Tensor, train: bool) -> list[tor
 
 
 @pytest.mark.parametrize("train", [False, True], ids=["inference", "training"])
-@pytest.mark.parametrize("family", heavy(list(TINY)))
+@pytest.mark.parametrize("family", per_policy(list(TINY)))
 def test_compiled_graphs_allow_cuda_graphs(family: str, train: bool) -> None:
     """No host read in the compiled graphs and nothing for which inductor would skip CUDA graphs."""
     _, converted, images = tiny_pair(family)

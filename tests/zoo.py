@@ -39,6 +39,19 @@ def heavy(keys: list[str]) -> list[object]:
     return [key if key in QUICK else pytest.param(key, marks=pytest.mark.slow) for key in keys]
 
 
+POLICY_EXAMPLES: frozenset[str] = frozenset(
+    {"vit", "twins_svt", "swin", "pvt_v2", "resnet", "efficientnet", "convnext", "eva02", "maxvit"}
+)
+"""One example per way of converting (token anchors, windows, spatial-reduction attention, the CNN
+policy on residual, inverted-residual and ConvNeXt blocks, the token-grid and stem-anchored policies):
+the slowest per-example tests (compiled graphs for CUDA graphs, autocast) run on these by default."""
+
+
+def per_policy(keys: list[str]) -> list[object]:
+    """``keys`` as parameters for the slowest per-example tests: those not in :data:`POLICY_EXAMPLES` marked slow."""
+    return [key if key in POLICY_EXAMPLES else pytest.param(key, marks=pytest.mark.slow) for key in keys]
+
+
 EMPTY_BATCH_OK: list[str] = [key for key in TINY if family_named(FAMILY_OF[key]).empty_batch_ok]
 """Examples whose converted models map an empty batch to an empty output."""
 
