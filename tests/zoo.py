@@ -52,6 +52,11 @@ def per_policy(keys: list[str]) -> list[object]:
     return [key if key in POLICY_EXAMPLES else pytest.param(key, marks=pytest.mark.slow) for key in keys]
 
 
+def float64_rtol(key: str) -> float:
+    """The float64 tests' relative tolerance for an example: 1e-10 unless its family computes a part in float32."""
+    return max(1e-10, family_named(FAMILY_OF[key]).float64_rtol)
+
+
 EMPTY_BATCH_OK: list[str] = [key for key in TINY if family_named(FAMILY_OF[key]).empty_batch_ok]
 """Examples whose converted models map an empty batch to an empty output."""
 

@@ -20,6 +20,8 @@ _SAFE_NAMES = {
     "torch.nn": (
         "Linear", "LayerNorm", "GroupNorm", "RMSNorm", "Dropout", "Identity", "Sequential", "ModuleList",
         "ModuleDict", "Flatten", "BatchNorm2d", "SyncBatchNorm",
+        # Statistics per channel over the batch and every position (LeViT, heads after pooling).
+        "BatchNorm1d",
     ),
     "timm.layers": (
         "Mlp", "GluMlp", "SwiGLU", "SwiGLUPacked", "LayerScale", "DropPath", "LayerNorm", "RmsNorm", "PatchDropout",
@@ -90,6 +92,20 @@ def _conv_problem(conv: nn.Conv2d) -> str | None:
     return None
 
 
+def _conv1d_problem(conv: nn.Conv1d) -> str | None:
+    if tuple(conv.kernel_size) == (1,) and tuple(conv.stride) == (1,):
+        return None  # acts on each token (or each channel) alone
+    return f"1-D convolution (kernel {tuple(conv.kernel_size)}, stride {tuple(conv.stride)}) over a sequence"
+
+
+def _position_parameter(module: nn.Module) -> str | None:
+    """The name of a parameter of ``module`` itself that is an absolute position embedding, if any."""
+    for name, parameter in module.named_parameters(recurse=False):
+        if "pos_embed" in name and parameter is not None:
+            return name
+    return None
+
+
 def _anchors_its_grid(module: nn.Module) -> bool:
     """Whether ``module`` is a declared layer that anchors its token grid with period = the grid."""
     return any(type(module) is declaration.layer and declaration.period == "grid" for declaration in declared_layers())
@@ -106,6 +122,8 @@ def _module_problem(
         return _conv_problem(module)
     if _anchors_its_grid(module):  # its position terms act in the content-chosen frame
         return None
+    if isinstance(module, nn.Conv1d):
+        return _conv1d_problem(module)
     if type(module) in checks:
         return checks[type(module)](module)
     if isinstance(module, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)):
@@ -115,6 +133,9 @@ def _module_problem(
         return "attention pooling with an absolute position embedding"
     if getattr(module, "pos_embed", None) is not None and isinstance(module.pos_embed, nn.Parameter):
         return "absolute position embedding (pos_embed)"
+    position = _position_parameter(module)
+    if position is not None:
+        return f"absolute position embedding ({position})"
     if isinstance(module, trusted + safe) or _is_activation(module):
         return None
     return "unknown module type"

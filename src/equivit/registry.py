@@ -98,6 +98,9 @@ class Family:
         converted_classes: Classes that its converted models have when they differ from the stock
             ones (so that a converted model is recognised).
         empty_batch_ok: Whether a converted model maps an empty batch to an empty output.
+        float64_rtol: The relative rounding of the model's own arithmetic when it runs in
+            float64: 1e-10 (the float64 tests' tolerance), larger where timm computes a part in
+            float32 whatever the input dtype (EfficientViT's linear attention).
         map_state_dict: Maps a stock state dict onto a converted model, or None when the keys match.
         examples: Small configurations, by test id (the tests and the census run each).
     """
@@ -114,6 +117,7 @@ class Family:
     excluded: Mapping[str, str] = dataclasses.field(default_factory=dict)
     converted_classes: tuple[type[nn.Module], ...] = ()
     empty_batch_ok: bool = False
+    float64_rtol: float = 1e-10
     map_state_dict: StateDictMapping | None = None
     examples: Mapping[str, Example] = dataclasses.field(default_factory=dict)
 
