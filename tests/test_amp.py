@@ -19,6 +19,13 @@ from zoo import ONE_PER_FAMILY, TINY, heavy, per_policy, tiny_pair
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
+# Logit tolerance in units of the dtype's epsilon (times the largest logit, at least 1). A model that
+# sums over every token (global attention, state-space mixers) sums a rolled sequence in another
+# order: in fp16 that rounds differently by a few units in the last place even for a shift by whole
+# periods, where no anchor changes (measured: iFormer 1.5, EfficientViM 3.3 units); bf16's epsilon
+# is 8 times fp16's and covers it at one unit.
+ULPS = {"bf16": 1.0, "fp16": 4.0}
+
 
 @functools.cache
 def photos(size: tuple[int, int]) -> torch.Tensor:
@@ -51,7 +58,7 @@ def test_autocast_keeps_every_prediction(family: str, precision: str) -> None:
         images,
         f"{family} autocast {precision}",
         shifts=2,
-        relative_tolerance=torch.finfo(dtype).eps,
+        relative_tolerance=ULPS[precision] * torch.finfo(dtype).eps,
     )
 
 

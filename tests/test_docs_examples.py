@@ -30,6 +30,16 @@ def test_family_registration_example_in_convert_guide() -> None:
     assert "small_net" not in {family.name for family in registered_families()}  # unregistered at its end
 
 
+def test_grid_anchored_family_example_in_convert_guide() -> None:
+    blocks = [block for block in python_blocks("convert.md") if "convert_grid_anchored" in block]
+    assert len(blocks) == 1
+    namespace: dict[str, object] = {}
+    exec(compile(blocks[0], "docs/convert.md", "exec"), namespace)
+    from equivit.families.davit import FAMILY
+
+    assert namespace["convert"].keywords == FAMILY.convert.keywords | {"converted": namespace["EquivariantDaVit"]}
+
+
 @pytest.mark.parametrize("page", ["testing.md"])
 def test_testing_guide_examples(page: str) -> None:
     for block in python_blocks(page):

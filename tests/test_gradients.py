@@ -23,6 +23,16 @@ SHIFT = (5, 11)  # not a multiple of any stride or window
 
 
 def _loss(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of the model's logits, with timm's eval-mode attention-bias caches emptied first.
+
+    LeViT, TinyViT, EfficientFormer and EfficientViT-MSRA cache their gathered attention biases in
+    eval mode, with the autograd graph of the first call: a second backward through a stock model
+    fails ("backward through the graph a second time") and a cache filled under ``no_grad`` passes
+    no gradient to the biases. Emptying the caches makes each forward build its own graph.
+    """
+    for module in model.modules():
+        if isinstance(getattr(module, "attention_bias_cache", None), dict):
+            module.attention_bias_cache.clear()
     targets = torch.arange(images.shape[0]) % 10
     return nn.functional.cross_entropy(model(images), targets)
 

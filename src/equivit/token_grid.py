@@ -15,25 +15,33 @@ blocks; :class:`GridAnchoredFeatureListNet` does it for timm's ``features_only``
 
 from __future__ import annotations
 
+import importlib
 from collections import OrderedDict
 
 import torch
 from timm.layers import Format, PatchEmbed
-from timm.models._features import FeatureListNet
+from timm.models._features import FeatureListNet, feature_take_indices
 from timm.models._manipulate import checkpoint
 from torch import nn
 
 from equivit.anchor_core import anchor, roll_back
+from equivit.cnn_policy import convert_convolutions
 from equivit.energy import Energy
+from equivit.layers.declare import equivariant_layer
 from equivit.layers.patch_embed import AnchoredPatchEmbed
+from equivit.layers.sharing import parent_method, retype
 from equivit.report import ConversionReport, UnsupportedModelError
 
 __all__ = [
     "GridAnchoredEntry",
     "GridAnchoredFeatureListNet",
+    "GridAnchoredStages",
     "anchor_patch_tokens",
     "anchored_grid_embedding",
     "check_grid_size",
+    "convert_grid_anchored",
+    "grid_anchored_entry",
+    "grid_anchored_entry_class",
     "install_grid_anchored_model",
     "patch_token_map",
     "roll_back_map",
@@ -216,6 +224,170 @@ class GridAnchoredEntry(nn.Module):
     """
 
 
+_ENTRY_CLASSES: dict[type[nn.Module], type[nn.Module]] = {}
+
+_ENTRY_PREFIX = "_grid_anchored__"
+
+
+def _anchored_entry_forward(self: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The entry's map rolled to its content-chosen origin, and that origin ``(i, j)`` per sample."""
+    y = self._stock_forward(x)
+    return anchor(y, y.shape[-2], y.shape[-1], self.equivit_energy, False)
+
+
+def _entry_class_key(stock: type[nn.Module]) -> str:
+    """The module-level name of a generated entry class, from which :func:`__getattr__` rebuilds it (for pickle)."""
+    return f"{_ENTRY_PREFIX}{stock.__module__.replace('.', '_D_')}__{stock.__qualname__}"
+
+
+def grid_anchored_entry_class(stock: type[nn.Module]) -> type[nn.Module]:
+    """The class ``GridAnchored<Stock>``: a subclass of a stem class that anchors its output map (one per class).
+
+    Its ``forward`` runs the stock ``forward``, then rolls the map so that a position chosen from
+    content sits at the origin (period = the whole map) and returns ``(map, origins)``. The class
+    is declared with period ``"grid"`` (:func:`~equivit.layers.equivariant_layer`) and can be
+    pickled (it is rebuilt from its name in a new process).
+
+    Args:
+        stock: The stem's class; its ``forward`` takes images and returns a map :math:`(B, D, H', W')`.
+
+    Returns:
+        The subclass.
+    """
+    if stock not in _ENTRY_CLASSES:
+        cls = type(
+            f"GridAnchored{stock.__name__}",
+            (GridAnchoredEntry, stock),
+            {
+                "__module__": __name__,
+                "__doc__": (
+                    f"{stock.__name__} (from {stock.__module__}) whose map is anchored with period = the map; "
+                    "its forward returns (map, origins). Made by equivit.token_grid.grid_anchored_entry."
+                ),
+                "_stock_forward": parent_method(stock.forward, "_stock_forward"),
+                "forward": parent_method(_anchored_entry_forward, "forward"),
+            },
+        )
+        cls.__qualname__ = _entry_class_key(stock)
+        globals()[cls.__qualname__] = cls
+        _ENTRY_CLASSES[stock] = equivariant_layer(period="grid", fx="leaf")(cls)
+    return _ENTRY_CLASSES[stock]
+
+
+def __getattr__(name: str) -> type[nn.Module]:
+    """Rebuild a generated entry class from its module-level name (for unpickling in a new process)."""
+    if not name.startswith(_ENTRY_PREFIX):
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module, qualname = name[len(_ENTRY_PREFIX) :].split("__", 1)
+    stock = importlib.import_module(module.replace("_D_", "."))
+    for part in qualname.split("."):
+        stock = getattr(stock, part)
+    return grid_anchored_entry_class(stock)  # type: ignore[arg-type]
+
+
+def grid_anchored_entry(module: nn.Module, energy: Energy) -> nn.Module:
+    """A stem that anchors its output map with period = the map, sharing ``module``'s parameters.
+
+    Convert the layers inside ``module`` first (anchored strided convolutions, circular padding),
+    so that a circular shift of the image moves its map by a whole number of cells; the anchor then
+    gives every later layer the same map. ``module`` is left as it was.
+
+    Args:
+        module: The stock stem (already converted inside); its ``forward`` returns a map.
+        energy: Energy that picks the origin.
+
+    Returns:
+        A :func:`grid_anchored_entry_class` instance with ``module``'s parameters and children.
+
+    Shape:
+        - input: that of ``module``
+        - output: :math:`(B, D, H', W')`, rolled to an origin chosen from content, and :math:`(B, 2)`
+    """
+    anchored = retype(module, grid_anchored_entry_class(type(module)))
+    anchored.equivit_energy = energy
+    return anchored
+
+
+class GridAnchoredStages(nn.Module):
+    """``forward_features`` and ``forward_intermediates`` of a model whose entry anchors its map, then runs ``stages``.
+
+    For timm models that run an entry (``stem``, ``patch_embed``), then the modules of
+    ``self.stages`` in order on a channels-first map, then at most one module of each position
+    (a norm, a 1x1 convolution): a family's converted class lists this first among its bases and
+    defines :meth:`anchored_entry` (and :meth:`finish_features` where a module follows the
+    stages). The maps are rolled back to the image's frame (:func:`roll_back_map`).
+    """
+
+    def anchored_entry(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The entry's anchored map and its origins (the family's class calls its grid-anchored entry)."""
+        raise NotImplementedError
+
+    def finish_features(self, x: torch.Tensor) -> torch.Tensor:
+        """What timm's ``forward_features`` applies after the last stage (nothing here)."""
+        return x
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The last stage's map in the image's frame.
+
+        Args:
+            x: Images; ``H`` and ``W`` multiples of ``equivit_report.input_multiple``.
+
+        Returns:
+            The map.
+
+        Shape:
+            - x: :math:`(B, C, H, W)`
+            - output: :math:`(B, D, H / r, W / r)`, ``r`` the total reduction
+        """
+        x, offsets = self.anchored_entry(x)
+        height, width = x.shape[-2], x.shape[-1]
+        for stage in self.stages:
+            x = checkpoint(stage, x) if not torch.jit.is_scripting() and self.grad_checkpointing else stage(x)
+        return roll_back_map(self.finish_features(x), offsets, height, width)
+
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: int | list[int] | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """The stages' maps in the image's frame, as timm's ``forward_intermediates``.
+
+        Args:
+            x: Images; ``H`` and ``W`` multiples of ``equivit_report.input_multiple``.
+            indices: The last ``n`` stages if an int, else their indices.
+            norm: Apply :meth:`finish_features` to the last stage's map, as timm does with its final norm.
+            stop_early: Stop after the last stage asked for.
+            output_fmt: ``"NCHW"``.
+            intermediates_only: Return the maps alone.
+
+        Returns:
+            The maps, or the final map and the maps.
+
+        Raises:
+            ValueError: If ``output_fmt`` is not ``"NCHW"``.
+        """
+        if output_fmt != "NCHW":
+            raise ValueError(f"output_fmt must be 'NCHW' for these feature maps, got {output_fmt!r}")
+        take, last = feature_take_indices(len(self.stages), indices)
+        x, offsets = self.anchored_entry(x)
+        height, width = x.shape[-2], x.shape[-1]
+        maps: list[torch.Tensor] = []
+        for index, stage in enumerate(self.stages):
+            if stop_early and index > last:
+                break
+            x = checkpoint(stage, x) if not torch.jit.is_scripting() and self.grad_checkpointing else stage(x)
+            if index in take:
+                y = self.finish_features(x) if norm and index == len(self.stages) - 1 else x
+                maps.append(roll_back_map(y, offsets, height, width))
+        if intermediates_only:
+            return maps
+        return roll_back_map(self.finish_features(x), offsets, height, width), maps
+
+
 class GridAnchoredFeatureListNet(FeatureListNet):
     """timm's ``FeatureListNet`` of a model whose entry anchors its map (:class:`GridAnchoredEntry`).
 
@@ -242,6 +414,54 @@ class GridAnchoredFeatureListNet(FeatureListNet):
         return out
 
 
+def convert_grid_anchored(
+    model: nn.Module,
+    report: ConversionReport,
+    energy: Energy,
+    *,
+    entry: str,
+    entry_types: tuple[type[nn.Module], ...],
+    stock: type[nn.Module],
+    converted: type[nn.Module],
+    input_multiple: int,
+) -> None:
+    """Convert a model whose entry can anchor its map: the entry's layers made equivariant, its map anchored.
+
+    The stem-anchored policy: the entry's strided convolutions and poolings are anchored and every
+    convolution in it pads circularly (:func:`~equivit.cnn_policy.convert_convolutions`), so a
+    circular shift of the image moves its map by a whole number of cells; the entry then anchors
+    its map with period = the map (:func:`grid_anchored_entry`), and everything after it runs as
+    timm wrote it, on the same map for every shift. The model becomes ``converted`` (timm's
+    ``FeatureListNet`` of one a :class:`GridAnchoredFeatureListNet`). A family file uses it
+    through ``functools.partial``. No parameter is added or renamed.
+
+    Args:
+        model: The model, or timm's ``features_only`` wrapper of one, changed in place.
+        report: Where the changes are recorded.
+        energy: Energy that picks the anchors.
+        entry: The entry's attribute name (``"stem"``, ``"patch_embed"``).
+        entry_types: The timm classes the entry may have.
+        stock: The timm model class.
+        converted: Its converted subclass (rolls feature maps back, :class:`GridAnchoredStages`).
+        input_multiple: What input sizes must be multiples of: the total stride, so that every
+            map halves evenly and feature maps move by ``shift / reduction``.
+
+    Raises:
+        UnsupportedModelError: If the entry is of another class (a user's own stem), or the model
+            is neither ``stock`` nor timm's ``FeatureListNet`` of one.
+    """
+    module = getattr(model, entry)
+    if type(module) not in entry_types:
+        names = " or ".join(cls.__name__ for cls in entry_types)
+        raise UnsupportedModelError(f"{entry}: {type(module).__name__} is not timm's {names} of this family")
+    convert_convolutions(module, report, energy)
+    setattr(model, entry, grid_anchored_entry(module, energy))
+    name = type(module).__name__
+    report.add(entry, name, f"GridAnchored{name} (its layers anchored; its map anchored with period = the map)")
+    report.input_multiple = (input_multiple, input_multiple)
+    install_grid_anchored_model(model, report, stock, converted, entry)
+
+
 def install_grid_anchored_model(
     model: nn.Module, report: ConversionReport, stock: type[nn.Module], converted: type[nn.Module], entry: str
 ) -> None:
@@ -263,6 +483,8 @@ def install_grid_anchored_model(
     """
     if isinstance(model, stock):
         model.__class__ = converted
+        if not hasattr(model, "grad_checkpointing"):  # read by the converted forward (timm's models mostly have it)
+            model.grad_checkpointing = False
         report.add("", stock.__name__, f"{converted.__name__} (feature maps rolled back)")
     elif type(model) is FeatureListNet:
         model.__class__ = GridAnchoredFeatureListNet

@@ -22,13 +22,12 @@ __all__ = ["FAMILY"]
 FAMILY = Family(
     name="efficientvim",
     description="EfficientViM (efficientvim_*)",
-    model_classes=(efficientvim.EfficientViM,),
+    model_classes=(efficientvim.EfficientViM, efficientvim.EfficientViMDistilled),
     convert=functools.partial(convert_network, entry="patch_embed"),
     entry="patch_embed",
     feature_markers=module_types(efficientvim),
     accepted=module_types(efficientvim),
     timm_modules=("efficientvim",),
-    empty_batch_ok=True,
     examples={
         "efficientvim": Example("efficientvim_m1", {}, (64, 128), quick=False),
     },

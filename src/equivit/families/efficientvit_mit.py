@@ -32,7 +32,6 @@ FAMILY = Family(
     feature_markers=module_types(efficientvit_mit),
     accepted=module_types(efficientvit_mit),
     timm_modules=("efficientvit_mit",),
-    empty_batch_ok=True,
     float64_rtol=1e-5,  # LiteMLA's products run in float32 whatever the input dtype (timm's _attn)
     examples={
         "efficientvit_b": Example("efficientvit_b0", {}, (64, 96), quick=False),

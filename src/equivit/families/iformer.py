@@ -45,7 +45,6 @@ FAMILY = Family(
     accepted=module_types(iformer, without=("SHMA",)),
     checks={iformer.SHMA: windowed_attention_problem},
     timm_modules=("iformer",),
-    empty_batch_ok=True,
     examples={
         "iformer": Example("iformer_t", {}, (64, 96), quick=False),
     },

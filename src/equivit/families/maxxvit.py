@@ -10,16 +10,15 @@ from timm.models._features import feature_take_indices
 from timm.models.maxxvit import MaxxVit, Stem
 from torch import nn
 
-from equivit.anchor_core import anchor
 from equivit.cnn_policy import convert_convolutions
 from equivit.energy import Energy
 from equivit.layers.declare import equivariant_layer
-from equivit.layers.sharing import parent_method, retype
 from equivit.registry import Example, Family, module_types
 from equivit.report import ConversionReport, UnsupportedModelError
 from equivit.token_grid import (
-    GridAnchoredEntry,
     GridAnchoredFeatureListNet,
+    grid_anchored_entry,
+    grid_anchored_entry_class,
     install_grid_anchored_model,
     roll_back_map,
 )
@@ -27,28 +26,8 @@ from equivit.token_grid import (
 __all__ = ["FAMILY", "EquivariantMaxxVit", "GridAnchoredMaxxVitStem", "convert_maxxvit"]
 
 
-@equivariant_layer(period="grid", fx="leaf")
-class GridAnchoredMaxxVitStem(GridAnchoredEntry, Stem):
-    """timm's MaxViT stem (strided convolution anchored, circular padding), its map anchored with period = the map.
-
-    Shape:
-        - input: :math:`(B, C, H, W)`, ``H`` and ``W`` even
-        - output: :math:`(B, D, H / 2, W / 2)`, rolled to an origin chosen from content, and :math:`(B, 2)`
-    """
-
-    _stock_forward = parent_method(Stem.forward, "_stock_forward")
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The stem's map rolled to its content-chosen origin, and that origin ``(i, j)`` per sample.
-
-        Args:
-            x: Images.
-
-        Returns:
-            The anchored map and the origins, :math:`(B, 2)`.
-        """
-        y = self._stock_forward(x)
-        return anchor(y, y.shape[-2], y.shape[-1], self.equivit_energy, False)
+GridAnchoredMaxxVitStem = grid_anchored_entry_class(Stem)
+"""timm's MaxViT stem (strided convolution anchored, circular padding), its map anchored with period = the map."""
 
 
 @equivariant_layer(period="grid", anchored_children=("stages", "norm", "head"), fx="traced")
@@ -57,7 +36,7 @@ class EquivariantMaxxVit(MaxxVit):
 
     The stem's strided convolution is anchored (period 2) and pads circularly, so a circular
     shift of the image by an even number of pixels moves the stem's map by whole cells; the stem
-    then anchors its map with period = the whole map (:class:`GridAnchoredMaxxVitStem`). timm's
+    then anchors its map with period = the whole map (:data:`GridAnchoredMaxxVitStem`). timm's
     stages (MBConv and ConvNeXt blocks with their strided convolutions, window and grid attention
     with relative position biases) run unchanged on it and see the same map for every shift; the
     pooled output is invariant. Feature maps are rolled back (:func:`~equivit.token_grid.roll_back_map`).
@@ -152,7 +131,7 @@ def convert_maxxvit(model: nn.Module, report: ConversionReport, energy: Energy) 
 
     The stem's strided convolution is anchored with period 2 and every stem convolution pads
     circularly (:func:`~equivit.cnn_policy.convert_convolutions`); the stem becomes a
-    :class:`GridAnchoredMaxxVitStem` and the model an :class:`EquivariantMaxxVit` (the wrapper a
+    :data:`GridAnchoredMaxxVitStem` and the model an :class:`EquivariantMaxxVit` (the wrapper a
     :class:`~equivit.token_grid.GridAnchoredFeatureListNet`). No parameter is added or renamed.
 
     Args:
@@ -167,10 +146,9 @@ def convert_maxxvit(model: nn.Module, report: ConversionReport, energy: Energy) 
     if type(stem) is not Stem:
         raise UnsupportedModelError(f"stem: {type(stem).__name__} is not timm's MaxxVit Stem")
     convert_convolutions(stem, report, energy)
-    anchored = retype(stem, GridAnchoredMaxxVitStem)
-    anchored.equivit_energy = energy
+    anchored = grid_anchored_entry(stem, energy)
     model.stem = anchored
-    report.add("stem", "Stem", "GridAnchoredMaxxVitStem (stem map anchored with period = the map)")
+    report.add("stem", "Stem", "GridAnchoredStem (stem map anchored with period = the map)")
     # The full model knows its windows; timm's features wrapper keeps only the reductions.
     report.input_multiple = (_window_multiple(model),) * 2 if isinstance(model, MaxxVit) else (32, 32)
     install_grid_anchored_model(model, report, MaxxVit, EquivariantMaxxVit, "stem")

@@ -28,7 +28,6 @@ FAMILY = Family(
     feature_markers=module_types(swiftformer),
     accepted=module_types(swiftformer),
     timm_modules=("swiftformer",),
-    empty_batch_ok=True,
     examples={
         "swiftformer": Example("swiftformer_xs", {}, (64, 96), quick=False),
     },

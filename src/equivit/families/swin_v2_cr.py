@@ -8,16 +8,15 @@ from timm.models._features import feature_take_indices
 from timm.models.swin_transformer_v2_cr import PatchEmbed, SwinTransformerV2Cr
 from torch import nn
 
-from equivit.anchor_core import anchor
 from equivit.energy import Energy
 from equivit.layers import AnchoredConv2d
 from equivit.layers.declare import equivariant_layer
-from equivit.layers.sharing import parent_method, retype
 from equivit.registry import Example, Family, module_types
 from equivit.report import ConversionReport, UnsupportedModelError
 from equivit.token_grid import (
-    GridAnchoredEntry,
     GridAnchoredFeatureListNet,
+    grid_anchored_entry,
+    grid_anchored_entry_class,
     install_grid_anchored_model,
     roll_back_map,
 )
@@ -25,28 +24,8 @@ from equivit.token_grid import (
 __all__ = ["FAMILY", "EquivariantSwinTransformerV2Cr", "GridAnchoredSwinCrPatchEmbed", "convert_swin_v2_cr"]
 
 
-@equivariant_layer(period="grid", fx="leaf")
-class GridAnchoredSwinCrPatchEmbed(GridAnchoredEntry, PatchEmbed):
-    """Swin v2 CR patch embedding, projection anchored (period = patch), grid anchored with period = the grid.
-
-    Shape:
-        - input: :math:`(B, C, H, W)`, ``H`` and ``W`` multiples of the patch size
-        - output: :math:`(B, D, H / p, W / p)`, rolled to an origin chosen from content, and :math:`(B, 2)`
-    """
-
-    _stock_forward = parent_method(PatchEmbed.forward, "_stock_forward")
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The token grid rolled to its content-chosen origin, and that origin ``(i, j)`` per sample.
-
-        Args:
-            x: Images.
-
-        Returns:
-            The anchored grid and the origins.
-        """
-        y = self._stock_forward(x)
-        return anchor(y, y.shape[-2], y.shape[-1], self.equivit_energy, False)
+GridAnchoredSwinCrPatchEmbed = grid_anchored_entry_class(PatchEmbed)
+"""Swin v2 CR patch embedding, projection anchored (period = patch), grid anchored with period = the grid."""
 
 
 @equivariant_layer(period="grid", anchored_children=("stages", "head"), fx="traced")
@@ -54,7 +33,7 @@ class EquivariantSwinTransformerV2Cr(SwinTransformerV2Cr):
     """timm's ``SwinTransformerV2Cr`` whose stages see the token grid from an origin chosen by content.
 
     The patch projection is anchored (period = patch size) and the token grid is anchored with
-    period = the grid (:class:`GridAnchoredSwinCrPatchEmbed`); timm's stages (shifted windows with
+    period = the grid (:data:`GridAnchoredSwinCrPatchEmbed`); timm's stages (shifted windows with
     their border masks, continuous position biases, patch merging) run unchanged on it and see the
     same grid for every circular shift of the image. Feature maps are rolled back
     (:func:`~equivit.token_grid.roll_back_map`). Same parameters and state-dict keys as timm's.
@@ -123,7 +102,7 @@ def convert_swin_v2_cr(model: nn.Module, report: ConversionReport, energy: Energ
     """Make a timm ``SwinTransformerV2Cr`` (or timm's ``features_only`` wrapper of one) shift-equivariant, in place.
 
     The patch projection is anchored (period = patch size), the patch embedding becomes a
-    :class:`GridAnchoredSwinCrPatchEmbed` (token grid anchored with period = the grid), the model
+    :data:`GridAnchoredSwinCrPatchEmbed` (token grid anchored with period = the grid), the model
     an :class:`EquivariantSwinTransformerV2Cr` (the wrapper a
     :class:`~equivit.token_grid.GridAnchoredFeatureListNet`). No parameter is added or renamed.
     Inputs: the model's image size (its windows and masks are built for it).
@@ -141,13 +120,12 @@ def convert_swin_v2_cr(model: nn.Module, report: ConversionReport, energy: Energ
         raise UnsupportedModelError(f"patch_embed: {type(embed).__name__} is not timm's Swin v2 CR PatchEmbed")
     patch = (int(embed.proj.stride[0]), int(embed.proj.stride[1]))
     embed.proj = AnchoredConv2d.from_conv(embed.proj, energy=energy)
-    anchored = retype(embed, GridAnchoredSwinCrPatchEmbed)
-    anchored.equivit_energy = energy
+    anchored = grid_anchored_entry(embed, energy)
     model.patch_embed = anchored
     report.add(
         "patch_embed",
         "PatchEmbed",
-        f"GridAnchoredSwinCrPatchEmbed (projection anchored, period {patch[0]}; token grid anchored, period = grid)",
+        f"GridAnchoredPatchEmbed (projection anchored, period {patch[0]}; token grid anchored, period = grid)",
     )
     report.input_multiple = (patch[0] * 8, patch[1] * 8)  # three patch mergings, windows checked by timm
     install_grid_anchored_model(model, report, SwinTransformerV2Cr, EquivariantSwinTransformerV2Cr, "patch_embed")
