@@ -39,7 +39,9 @@ __all__ = [
     "anchor_patch_tokens",
     "anchored_grid_embedding",
     "check_grid_size",
+    "convert_flattened_entry",
     "convert_grid_anchored",
+    "flattened_entry",
     "grid_anchored_entry",
     "grid_anchored_entry_class",
     "install_grid_anchored_model",
@@ -395,6 +397,12 @@ class GridAnchoredFeatureListNet(FeatureListNet):
     the origin the entry chose (:func:`roll_back_map`), so that it moves with the image.
     """
 
+    equivit_anchor_after: str = ""
+    """The module after which the wrapper anchors the map itself, where timm flattened a sequential entry."""
+
+    equivit_energy: str = "l1"
+    """The energy of that anchor."""
+
     def _collect(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Run the modules, anchoring at the entry, and collect the rolled-back maps."""
         out: dict[str, torch.Tensor] = OrderedDict()
@@ -409,6 +417,9 @@ class GridAnchoredFeatureListNet(FeatureListNet):
                 x = checkpoint(module, x)
             else:
                 x = module(x)
+            if name == self.equivit_anchor_after:
+                x, offsets = anchor(x, x.shape[-2], x.shape[-1], self.equivit_energy, False)
+                height, width = x.shape[-2], x.shape[-1]
             if name in self.return_layers:
                 out[self.return_layers[name]] = roll_back_map(x, offsets, height, width) if height > 0 else x
         return out
@@ -450,6 +461,12 @@ def convert_grid_anchored(
         UnsupportedModelError: If the entry is of another class (a user's own stem), or the model
             is neither ``stock`` nor timm's ``FeatureListNet`` of one.
     """
+    if isinstance(model, FeatureListNet) and entry not in model:
+        # timm flattened a sequential entry (stem_0, stem_1, ...): the wrapper anchors after its last part.
+        convert_flattened_entry(model, entry, report, energy)
+        report.input_multiple = (input_multiple, input_multiple)
+        install_grid_anchored_model(model, report, stock, converted, entry, energy)
+        return
     module = getattr(model, entry)
     if type(module) not in entry_types:
         names = " or ".join(cls.__name__ for cls in entry_types)
@@ -459,11 +476,63 @@ def convert_grid_anchored(
     name = type(module).__name__
     report.add(entry, name, f"GridAnchored{name} (its layers anchored; its map anchored with period = the map)")
     report.input_multiple = (input_multiple, input_multiple)
-    install_grid_anchored_model(model, report, stock, converted, entry)
+    install_grid_anchored_model(model, report, stock, converted, entry, energy)
+
+
+def flattened_entry(model: FeatureListNet, entry: str) -> list[str]:
+    """The names of the parts of a sequential entry that timm's ``FeatureListNet`` flattened (``stem_conv1``, ...).
+
+    Args:
+        model: timm's ``features_only`` wrapper.
+        entry: The entry's name in the model (``"stem"``).
+
+    Returns:
+        The names, in order.
+
+    Raises:
+        UnsupportedModelError: If the wrapper has neither the entry nor flattened parts of it.
+    """
+    names = [name for name in model if name.startswith(f"{entry}_")]
+    if not names:
+        raise UnsupportedModelError(f"timm's FeatureListNet has no {entry!r} module, flattened or not")
+    return names
+
+
+def convert_flattened_entry(model: FeatureListNet, entry: str, report: ConversionReport, energy: Energy) -> int:
+    """Convert the layers of a sequential entry that timm's ``FeatureListNet`` flattened, in place.
+
+    Its strided convolutions and poolings are anchored and its convolutions pad circularly
+    (:func:`~equivit.cnn_policy.convert_convolutions`), whether a flattened part is a convolution
+    itself or holds some.
+
+    Args:
+        model: timm's ``features_only`` wrapper.
+        entry: The entry's name in the model (``"stem"``).
+        report: Where the changes are recorded.
+        energy: Energy that picks the anchors.
+
+    Returns:
+        The entry's stride (the product of its convolutions' strides).
+    """
+    names = flattened_entry(model, entry)
+    holder = nn.Sequential(OrderedDict((name, model[name]) for name in names))
+    stride = 1
+    for module in holder.modules():
+        if isinstance(module, nn.Conv2d):
+            stride *= int(module.stride[0])
+    convert_convolutions(holder, report, energy)
+    for name in names:
+        model[name] = holder.get_submodule(name)
+    return stride
 
 
 def install_grid_anchored_model(
-    model: nn.Module, report: ConversionReport, stock: type[nn.Module], converted: type[nn.Module], entry: str
+    model: nn.Module,
+    report: ConversionReport,
+    stock: type[nn.Module],
+    converted: type[nn.Module],
+    entry: str,
+    energy: Energy = "l1",
 ) -> None:
     """Give a model whose ``entry`` now anchors its map its converted class, or its features wrapper ours.
 
@@ -477,6 +546,8 @@ def install_grid_anchored_model(
         stock: The timm model class.
         converted: Its converted subclass.
         entry: The name of the entry module (``"stem"``, ``"patch_embed"``).
+        energy: Energy that picks the origin where the wrapper anchors itself (after a flattened
+            sequential entry, :func:`flattened_entry`).
 
     Raises:
         UnsupportedModelError: If ``model`` is neither.
@@ -489,7 +560,11 @@ def install_grid_anchored_model(
     elif type(model) is FeatureListNet:
         model.__class__ = GridAnchoredFeatureListNet
         names = list(model.keys())
-        model.equivit_anchored_children = tuple(names[names.index(entry) + 1 :])
+        last = names.index(entry) if entry in names else names.index(flattened_entry(model, entry)[-1])
+        model.equivit_anchored_children = tuple(names[last + 1 :])
+        if entry not in names:  # a flattened sequential entry: the wrapper anchors after its last part
+            model.equivit_anchor_after = names[last]
+            model.equivit_energy = energy
         report.add("", "FeatureListNet", "GridAnchoredFeatureListNet (maps rolled back to the image's frame)")
     else:
         raise UnsupportedModelError(

@@ -59,7 +59,7 @@ FAMILY = Family(
         input_multiple=32,
     ),
     entry="stem",
-    feature_markers=(Stem, grid_anchored_entry_class(Stem)),
+    feature_markers=(*module_types(timm_davit), grid_anchored_entry_class(Stem)),
     accepted=(*module_types(timm_davit), GridAnchoredFeatureListNet),
     timm_modules=("davit",),
     examples={

@@ -59,6 +59,7 @@ FAMILY = Family(
         input_multiple=32,
     ),
     entry="stem",
+    feature_markers=module_types(timm_edgenext),
     accepted=(*module_types(timm_edgenext), GridAnchoredFeatureListNet),
     timm_modules=("edgenext",),
     examples={

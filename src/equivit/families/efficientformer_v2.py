@@ -59,7 +59,7 @@ FAMILY = Family(
         input_multiple=32,
     ),
     entry="stem",
-    feature_markers=(Stem4, grid_anchored_entry_class(Stem4)),
+    feature_markers=(*module_types(timm_efficientformer_v2), grid_anchored_entry_class(Stem4)),
     accepted=(*module_types(timm_efficientformer_v2), GridAnchoredFeatureListNet),
     timm_modules=("efficientformer_v2",),
     examples={

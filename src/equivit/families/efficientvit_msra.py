@@ -55,7 +55,7 @@ FAMILY = Family(
         input_multiple=64,
     ),
     entry="patch_embed",
-    feature_markers=(PatchEmbedding, grid_anchored_entry_class(PatchEmbedding)),
+    feature_markers=(*module_types(timm_efficientvit_msra), grid_anchored_entry_class(PatchEmbedding)),
     accepted=(*module_types(timm_efficientvit_msra), GridAnchoredFeatureListNet),
     timm_modules=("efficientvit_msra",),
     examples={

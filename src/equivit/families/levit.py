@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 from timm.models import levit as timm_levit
-from timm.models._features import feature_take_indices
+from timm.models._features import FeatureListNet, feature_take_indices
 from timm.models._manipulate import checkpoint
 from timm.models.levit import Levit, LevitDistilled, Stem8, Stem16
 from torch import nn
@@ -25,6 +25,7 @@ from equivit.report import ConversionReport, UnsupportedModelError
 from equivit.token_grid import (
     GridAnchoredFeatureListNet,
     check_grid_size,
+    convert_flattened_entry,
     grid_anchored_entry,
     grid_anchored_entry_class,
     install_grid_anchored_model,
@@ -153,6 +154,12 @@ def convert_levit(model: nn.Module, report: ConversionReport, energy: Energy) ->
     Raises:
         UnsupportedModelError: If the stem is a CNN backbone given by the user rather than timm's.
     """
+    if isinstance(model, FeatureListNet) and "stem" not in model:
+        # timm flattens the convolutional form's stem into stem_conv1, stem_act1, ...: the wrapper anchors after it.
+        stride = convert_flattened_entry(model, "stem", report, energy)
+        report.input_multiple = (stride, stride)
+        install_grid_anchored_model(model, report, Levit, EquivariantLevit, "stem", energy)
+        return
     stem = model.stem
     if type(stem) not in (Stem16, Stem8):
         raise UnsupportedModelError(f"stem: {type(stem).__name__} is not timm's LeViT Stem16 or Stem8")
@@ -180,7 +187,7 @@ FAMILY = Family(
     converted_classes=(EquivariantLevit, EquivariantLevitDistilled),
     convert=convert_levit,  # type: ignore[arg-type]
     entry="stem",
-    feature_markers=(Stem16, Stem8, grid_anchored_entry_class(Stem16), grid_anchored_entry_class(Stem8)),
+    feature_markers=(*module_types(timm_levit), grid_anchored_entry_class(Stem16), grid_anchored_entry_class(Stem8)),
     accepted=(*module_types(timm_levit), GridAnchoredFeatureListNet),
     timm_modules=("levit",),
     examples={

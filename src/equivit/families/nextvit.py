@@ -59,6 +59,7 @@ FAMILY = Family(
         input_multiple=32,
     ),
     entry="stem",
+    feature_markers=module_types(timm_nextvit),
     accepted=(*module_types(timm_nextvit), GridAnchoredFeatureListNet),
     timm_modules=("nextvit",),
     examples={
