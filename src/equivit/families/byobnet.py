@@ -43,6 +43,8 @@ def convert_byobnet(model: nn.Module, report: ConversionReport, energy: Energy) 
         for size in module.patch_size
     ]
     convert_network(model, report, energy, entry="stem", period_factor=math.lcm(1, *patches))
+    if patches:  # timm's patch unfolding reshapes with -1, which an empty batch leaves undetermined
+        report.empty_batch_ok = False
 
 
 FAMILY = Family(
