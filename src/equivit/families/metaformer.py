@@ -2,25 +2,22 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from timm.models import metaformer as timm_metaformer
 from timm.models.metaformer import MetaFormer, Stem
-from torch import nn
 
-from equivit.cnn_policy import convert_convolutions
-from equivit.energy import Energy
 from equivit.layers.declare import equivariant_layer
 from equivit.registry import Example, Family, module_types
-from equivit.report import ConversionReport, UnsupportedModelError
 from equivit.token_grid import (
     GridAnchoredFeatureListNet,
     GridAnchoredStages,
-    grid_anchored_entry,
+    convert_grid_anchored,
     grid_anchored_entry_class,
-    install_grid_anchored_model,
 )
 
-__all__ = ["FAMILY", "EquivariantMetaFormer", "GridAnchoredMetaFormerStem", "convert_metaformer"]
+__all__ = ["FAMILY", "EquivariantMetaFormer", "GridAnchoredMetaFormerStem"]
 
 
 GridAnchoredMetaFormerStem = grid_anchored_entry_class(Stem)
@@ -44,38 +41,19 @@ class EquivariantMetaFormer(GridAnchoredStages, MetaFormer):
         return self.stem(x)
 
 
-def convert_metaformer(model: nn.Module, report: ConversionReport, energy: Energy) -> None:
-    """Make a timm ``MetaFormer`` (or timm's ``features_only`` wrapper of one) shift-equivariant, in place.
-
-    The stem's convolution is anchored (period 4) and pads circularly, the stem becomes a
-    :data:`GridAnchoredMetaFormerStem` (its map anchored with period = the map), the model an
-    :class:`EquivariantMetaFormer` (the wrapper a
-    :class:`~equivit.token_grid.GridAnchoredFeatureListNet`). No parameter is added or renamed.
-
-    Args:
-        model: The model, changed in place.
-        report: Where the changes are recorded.
-        energy: Energy that picks the anchors.
-
-    Raises:
-        UnsupportedModelError: If the stem is not timm's MetaFormer ``Stem``.
-    """
-    stem = model.stem
-    if type(stem) is not Stem:
-        raise UnsupportedModelError(f"stem: {type(stem).__name__} is not timm's MetaFormer Stem")
-    convert_convolutions(stem, report, energy)
-    model.stem = grid_anchored_entry(stem, energy)
-    report.add("stem", "Stem", "GridAnchoredStem (stem map anchored with period = the map)")
-    report.input_multiple = (32, 32)
-    install_grid_anchored_model(model, report, MetaFormer, EquivariantMetaFormer, "stem")
-
-
 FAMILY = Family(
     name="metaformer",
     description="PoolFormer v1/v2 (poolformer_*, poolformerv2_*), ConvFormer (convformer_*), CAFormer (caformer_*)",
     model_classes=(MetaFormer,),
     converted_classes=(EquivariantMetaFormer,),
-    convert=convert_metaformer,  # type: ignore[arg-type]
+    convert=functools.partial(
+        convert_grid_anchored,
+        entry="stem",
+        entry_types=(Stem,),
+        stock=MetaFormer,
+        converted=EquivariantMetaFormer,
+        input_multiple=32,
+    ),
     entry="stem",
     feature_markers=(Stem, GridAnchoredMetaFormerStem),
     accepted=(*module_types(timm_metaformer), GridAnchoredFeatureListNet),

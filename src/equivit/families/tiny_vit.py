@@ -10,25 +10,22 @@ to the image's frame. No parameter is added or renamed.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from timm.models import tiny_vit as timm_tiny_vit
 from timm.models.tiny_vit import PatchEmbed, TinyVit
-from torch import nn
 
-from equivit.cnn_policy import convert_convolutions
-from equivit.energy import Energy
 from equivit.layers.declare import equivariant_layer
 from equivit.registry import Example, Family, module_types
-from equivit.report import ConversionReport, UnsupportedModelError
 from equivit.token_grid import (
     GridAnchoredFeatureListNet,
     GridAnchoredStages,
-    grid_anchored_entry,
+    convert_grid_anchored,
     grid_anchored_entry_class,
-    install_grid_anchored_model,
 )
 
-__all__ = ["FAMILY", "EquivariantTinyVit", "convert_tiny_vit"]
+__all__ = ["FAMILY", "EquivariantTinyVit"]
 
 
 @equivariant_layer(period="grid", anchored_children=("stages", "head"), fx="traced")
@@ -44,37 +41,19 @@ class EquivariantTinyVit(GridAnchoredStages, TinyVit):
         return self.patch_embed(x)
 
 
-def convert_tiny_vit(model: nn.Module, report: ConversionReport, energy: Energy) -> None:
-    """Make a timm ``TinyVit`` (or timm's ``features_only`` wrapper of one) shift-equivariant, in place.
-
-    The patch embedding's strided convolutions are anchored and pad circularly, the embedding then
-    anchors its map with period = the map, and the model becomes an :class:`EquivariantTinyVit`
-    (the wrapper a :class:`~equivit.token_grid.GridAnchoredFeatureListNet`).
-
-    Args:
-        model: The model, changed in place.
-        report: Where the changes are recorded.
-        energy: Energy that picks the anchors.
-
-    Raises:
-        UnsupportedModelError: If the patch embedding is not timm's TinyViT ``PatchEmbed``.
-    """
-    embed = model.patch_embed
-    if type(embed) is not PatchEmbed:
-        raise UnsupportedModelError(f"patch_embed: {type(embed).__name__} is not timm's TinyViT PatchEmbed")
-    convert_convolutions(embed, report, energy)
-    model.patch_embed = grid_anchored_entry(embed, energy)
-    report.add("patch_embed", "PatchEmbed", "GridAnchoredPatchEmbed (map anchored with period = the map)")
-    report.input_multiple = (32, 32)  # three strided mergings after the stride-4 embedding: maps halve evenly
-    install_grid_anchored_model(model, report, TinyVit, EquivariantTinyVit, "patch_embed")
-
-
 FAMILY = Family(
     name="tiny_vit",
     description="TinyViT (tiny_vit_*)",
     model_classes=(TinyVit,),
     converted_classes=(EquivariantTinyVit,),
-    convert=convert_tiny_vit,  # type: ignore[arg-type]
+    convert=functools.partial(
+        convert_grid_anchored,
+        entry="patch_embed",
+        entry_types=(PatchEmbed,),
+        stock=TinyVit,
+        converted=EquivariantTinyVit,
+        input_multiple=32,
+    ),
     entry="patch_embed",
     feature_markers=(PatchEmbed, grid_anchored_entry_class(PatchEmbed)),
     accepted=(*module_types(timm_tiny_vit), GridAnchoredFeatureListNet),
