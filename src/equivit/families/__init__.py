@@ -12,6 +12,7 @@ from equivit.families import (
     beit,
     byobnet,
     cait,
+    convit,
     convmixer,
     convnext,
     cpubone,
@@ -45,6 +46,7 @@ from equivit.families import (
     maxxvit,
     metaformer,
     mlp_mixer,
+    nest,
     nextvit,
     nfnet,
     pvt_v2,
@@ -83,12 +85,12 @@ BUILT_IN: tuple[Family, ...] = tuple(
         efficientnet.EFFICIENTNET, efficientnet.MOBILENETV3, regnet.FAMILY,
         resnetv2.FAMILY,
         # Transformers on one token grid: the grid anchored with period = the grid.
-        eva.FAMILY, vit_relpos.FAMILY, beit.FAMILY, cait.FAMILY, mlp_mixer.FAMILY, xcit.FAMILY,
+        eva.FAMILY, vit_relpos.FAMILY, beit.FAMILY, cait.FAMILY, mlp_mixer.FAMILY, xcit.FAMILY, convit.FAMILY,
         # Hierarchical transformers: the stem's map anchored with period = the map.
         maxxvit.FAMILY, swin_v2_cr.FAMILY, metaformer.FAMILY, levit.FAMILY, tiny_vit.FAMILY,
         davit.FAMILY, gcvit.FAMILY, edgenext.FAMILY, nextvit.FAMILY, efficientformer_v2.FAMILY,
         efficientvit_msra.FAMILY, lowformer.FAMILY, cpubone.FAMILY,
-        visformer.FAMILY, efficientformer.FAMILY,
+        visformer.FAMILY, efficientformer.FAMILY, nest.FAMILY,
         # Networks whose branches meet at different resolutions: one anchor at the input.
         byobnet.FAMILY, cspnet.FAMILY, dla.FAMILY, hrnet.FAMILY, densenet.FAMILY, dpn.FAMILY,
         vovnet.FAMILY, ghostnet.FAMILY, rexnet.FAMILY, senet.FAMILY, selecsls.FAMILY, xception_aligned.FAMILY,
