@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import functools
 import warnings
 from pathlib import Path
@@ -28,11 +29,8 @@ def _images(batch: int, size: tuple[int, int], seed: int) -> torch.Tensor:
     return torch.randn(batch, 3, *size, generator=torch.Generator().manual_seed(seed))
 
 
-@functools.cache
-def _exported(family: str, directory: str) -> tuple[nn.Module, nn.Module, object]:
-    """(stock, converted, onnxruntime session) with a dynamic batch dimension."""
-    stock, model, images = tiny_pair(family)
-    path = Path(directory) / f"{family}.onnx"
+def _session(model: nn.Module, images: torch.Tensor, path: Path) -> object:
+    """An onnxruntime session of ``model`` exported with a dynamic batch dimension."""
     batch = torch.export.Dim("batch", min=1, max=64)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -41,8 +39,17 @@ def _exported(family: str, directory: str) -> tuple[nn.Module, nn.Module, object
     onnx.checker.check_model(str(path))
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    return stock, model, session
+    # The exported graph as it is: onnxruntime's optimiser would fold each batch norm into the
+    # convolution before it, rounding new weights (a slightly different model, not an export check).
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+@functools.cache
+def _exported(family: str, directory: str) -> tuple[nn.Module, nn.Module, object]:
+    """(stock, converted, onnxruntime session of the converted model)."""
+    stock, model, images = tiny_pair(family)
+    return stock, model, _session(model, images, Path(directory) / f"{family}.onnx")
 
 
 def _run(session: object, x: torch.Tensor) -> torch.Tensor:
@@ -57,10 +64,15 @@ def _check_onnx(key: str, directory: Path) -> None:
         x = _images(batch, size, seed=batch)
         with torch.no_grad():
             eager = model(x)
+            exact = copy.deepcopy(model).double()(x.double())
         out = _run(session, x)
         assert out.shape == eager.shape == (batch, 10)
+        # onnxruntime fuses and reorders float32 operations, so it is held to the exact (float64)
+        # function, as close as float32 allows (four times eager's own distance to it), not to
+        # eager's rounding: on ill-conditioned models (tiny LeViT) the two float32 runs err apart.
         tolerance = rounding_tolerance(model, x, ATOL)
-        assert torch.allclose(out, eager, atol=tolerance, rtol=0), (key, batch, float((out - eager).abs().max()))
+        error = float((out.double() - exact).abs().max())
+        assert error <= tolerance, (key, batch, error, tolerance)
         assert torch.equal(out.argmax(1), eager.argmax(1))
     x = _images(3, size, seed=7)
     reference = _run(session, x)
@@ -86,8 +98,10 @@ def test_exports_to_onnx(family: str, tmp_path_factory: pytest.TempPathFactory) 
 
 
 # The attention of timm's relative-position ViT, BEiT and MaxViT (rw) does not export with a dynamic
-# batch (torch.export's decomposition cannot view its transposed output): the stock model fails the same way.
-STOCK_DOES_NOT_EXPORT = {"vit_relpos", "vit_srelpos_cls", "beit", "maxvit"}
+# batch (torch.export's decomposition cannot view its transposed output), and NesT's attention over
+# its blocks calls scaled_dot_product_attention on 5-D tensors, which the ONNX exporter refuses
+# ("only 4D query, key, and value are supported"): the stock models fail the same way.
+STOCK_DOES_NOT_EXPORT = {"vit_relpos", "vit_srelpos_cls", "beit", "maxvit", "nest"}
 
 
 @pytest.mark.slow
@@ -104,5 +118,5 @@ def test_stock_model_does_not_export(family: str) -> None:
     batch = torch.export.Dim("batch", min=1, max=64)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        with pytest.raises(Exception, match="decompose"):
+        with pytest.raises(Exception, match="decompose" if family != "nest" else "Failed to convert"):
             torch.onnx.export(stock, (images,), dynamo=True, dynamic_shapes=({0: batch},))
