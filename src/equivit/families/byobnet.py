@@ -7,6 +7,14 @@ convolution and pooling is anchored too, with circular padding everywhere
 (:func:`~equivit.cnn_policy.convert_network`): parallel paths stay aligned wherever they meet. No
 parameter is added or renamed.
 
+HaloNet, BoTNet, LambdaNet (timm's ``byoanet`` module) and BAT are ByobNets with self-attention
+blocks whose terms are tied to positions (relative position embeddings over blocks or over a grid
+of fixed size, a bilinear attention transform that samples blocks at fixed positions): they take
+the stem-anchored policy instead (:func:`~equivit.token_grid.convert_grid_anchored`): the stem's
+strided layers are anchored (circular padding), its map is anchored with period = the map, and
+the stages run as timm wrote them on the same map for every circular shift of the image
+(:class:`EquivariantByobNet`, feature maps rolled back).
+
 MobileViT v1 and v2 (timm's ``mobilevit`` module) are ByobNets with blocks that cut their map into
 ``p x p`` patches and attend across patches (no position terms): a shift by whole patches only
 reorders the patches. A block at stride ``s`` needs shifts by multiples of ``s p``, so the period is
@@ -17,25 +25,71 @@ from __future__ import annotations
 
 import math
 
+import torch
+from timm.layers import ConvNormAct
+from timm.layers.bottleneck_attn import BottleneckAttn
+from timm.layers.halo_attn import HaloAttn
+from timm.layers.lambda_layer import LambdaLayer
+from timm.layers.non_local_attn import BatNonLocalAttn
 from timm.models import byobnet, mobilevit
+from timm.models.byobnet import ByobNet
 from torch import nn
 
 from equivit.cnn_policy import convert_network
 from equivit.energy import Energy
+from equivit.layers.declare import equivariant_layer
 from equivit.registry import Example, Family, module_types
 from equivit.report import ConversionReport
+from equivit.token_grid import GridAnchoredFeatureListNet, GridAnchoredStages, convert_grid_anchored
 
-__all__ = ["FAMILY", "convert_byobnet"]
+__all__ = ["FAMILY", "EquivariantByobNet", "convert_byobnet"]
+
+POSITIONAL_ATTENTION = (BottleneckAttn, HaloAttn, LambdaLayer, BatNonLocalAttn)
+"""Attention layers of ByobNets whose terms are tied to positions: such models take the stem-anchored policy."""
+
+
+@equivariant_layer(period="grid", anchored_children=("stages", "final_conv"), fx="traced")
+class EquivariantByobNet(GridAnchoredStages, ByobNet):
+    """timm's ``ByobNet`` whose stages see the stem's map from an origin chosen by content.
+
+    For ByobNets with position-bound attention (HaloNet, BoTNet, LambdaNet, BAT). Same parameters
+    and state-dict keys as timm's. Feature maps are rolled back
+    (:class:`~equivit.token_grid.GridAnchoredStages`).
+    """
+
+    def anchored_entry(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The stem's anchored map and its origins."""
+        return self.stem(x)
+
+    def finish_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Timm's final convolution after the last stage."""
+        return self.final_conv(x)
 
 
 def convert_byobnet(model: nn.Module, report: ConversionReport, energy: Energy) -> None:
-    """Convert a ByobNet with :func:`~equivit.cnn_policy.convert_network`, the period widened for MobileViT patches.
+    """Convert a ByobNet: one anchor at the input, or at the stem's map where attention is tied to positions.
+
+    Networks of convolutions and MobileViT blocks take :func:`~equivit.cnn_policy.convert_network`
+    (the period widened for MobileViT patches); networks with a :data:`POSITIONAL_ATTENTION`
+    layer take :func:`~equivit.token_grid.convert_grid_anchored`.
 
     Args:
         model: The model, or timm's ``features_only`` wrapper of one, changed in place.
         report: Where the changes are recorded.
         energy: Energy that picks the anchors.
     """
+    if any(isinstance(module, POSITIONAL_ATTENTION) for module in model.modules()):
+        convert_grid_anchored(
+            model,
+            report,
+            energy,
+            entry="stem",
+            entry_types=(byobnet.Stem, ConvNormAct),
+            stock=ByobNet,
+            converted=EquivariantByobNet,
+            input_multiple=32,
+        )
+        return
     patches = [
         size
         for module in model.modules()
@@ -51,22 +105,29 @@ FAMILY = Family(
     name="byobnet",
     description=(
         "ByobNet: RepVGG, MobileOne, GENet, ResNet/ResNeXt/RegNetZ/GCNet/ECA variants (*ts, *t, "
-        "gernet_*, repvgg_*, mobileone_*) built from block specs, and MobileViT v1/v2 (mobilevit*)"
+        "gernet_*, repvgg_*, mobileone_*) built from block specs, MobileViT v1/v2 (mobilevit*), "
+        "HaloNet, BoTNet, LambdaNet (halonet*, botnet*, lambda_resnet*, ...) and BAT (bat_*)"
     ),
-    model_classes=(byobnet.ByobNet,),
+    model_classes=(ByobNet,),
+    converted_classes=(EquivariantByobNet,),
     convert=convert_byobnet,  # type: ignore[arg-type]
     entry="stem",
     feature_markers=(*module_types(byobnet), *module_types(mobilevit)),
-    accepted=(*module_types(byobnet), *module_types(mobilevit)),
-    timm_modules=("byobnet", "mobilevit"),
+    accepted=(*module_types(byobnet), *module_types(mobilevit), GridAnchoredFeatureListNet),
+    timm_modules=("byobnet", "mobilevit", "byoanet"),
     excluded={
-        "bat_*": "its bilinear attention transform (BatNonLocalAttn) samples blocks at fixed positions; not converted",
-        "*_clip": "CLIP's attention pooling head (AttentionPool2d) adds an absolute position embedding",
+        "*_clip": (
+            "CLIP's attention pooling head (AttentionPool2d) adds an absolute position embedding to the "
+            "final map, which timm's forward_head receives in the image's frame"
+        ),
     },
     empty_batch_ok=True,
     examples={
         "byobnet": Example("test_byobnet", {}, (64, 64), quick=False),
         "mobilevit": Example("mobilevit_xxs", {}, (64, 128), quick=False),
+        "halonet": Example("haloregnetz_b", {}, (224, 224), quick=False),  # halo blocks of 7 at /32
+        "botnet": Example("botnet26t_256", {"img_size": 64}, (64, 64), quick=False),
+        "lambda_resnet": Example("lambda_resnet26t", {}, (64, 64), quick=False),
         "mobilevitv2": Example("mobilevitv2_050", {}, (64, 64), quick=False),
     },
 )
