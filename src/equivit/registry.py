@@ -298,7 +298,11 @@ def family_of(model: nn.Module) -> tuple[Family, nn.Module] | None:
         for module in model.modules():
             if type(module) in markers:
                 return markers[type(module)], model
-        return None
+        # No family's own module type inside (VGG's features are plain convolutions and poolings):
+        # timm's wrapper keeps the model's pretrained_cfg, whose architecture names the model.
+        architecture = (getattr(model, "pretrained_cfg", None) or {}).get("architecture")
+        named = [family for family in _FAMILIES.values() if architecture and family.takes(architecture)]
+        return (named[0], model) if len(named) == 1 else None
     return (by_class[type(model)], model) if type(model) in by_class else None
 
 

@@ -67,6 +67,7 @@ from equivit.families import (
     tiny_vit,
     tresnet,
     twins,
+    vgg,
     visformer,
     vit,
     vit_relpos,
@@ -96,6 +97,7 @@ BUILT_IN: tuple[Family, ...] = tuple(
         vovnet.FAMILY, ghostnet.FAMILY, rexnet.FAMILY, senet.FAMILY, selecsls.FAMILY, xception_aligned.FAMILY,
         hgnet.FAMILY, repghost.FAMILY, fasternet.FAMILY, starnet.FAMILY, inception_next.FAMILY,
         rdnet.FAMILY, mambaout.FAMILY, tresnet.FAMILY, nfnet.FAMILY, cspnext.FAMILY, lcnetv2.FAMILY, convmixer.FAMILY,
+        vgg.FAMILY,
         # Mobile and hybrid networks without position terms: one anchor at the input.
         fastvit.FAMILY, repvit.FAMILY, efficientvit_mit.FAMILY, swiftformer.FAMILY, focalnet.FAMILY, shvit.FAMILY,
         iformer.FAMILY, efficientvim.FAMILY,
