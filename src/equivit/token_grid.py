@@ -186,7 +186,9 @@ def patch_token_map(
     return patches.reshape(batch, height * width, channels)
 
 
-def roll_back_map(y: torch.Tensor, offsets: torch.Tensor, height: int, width: int) -> torch.Tensor:
+def roll_back_map(
+    y: torch.Tensor, offsets: torch.Tensor, height: int, width: int, channels_last: bool = False
+) -> torch.Tensor:
     """Roll a map computed from an anchored ``height x width`` grid back to the image's frame.
 
     A map of a coarser grid (a later stage, ``f`` times coarser along an axis) is rolled by the
@@ -198,22 +200,24 @@ def roll_back_map(y: torch.Tensor, offsets: torch.Tensor, height: int, width: in
         offsets: The origins chosen on the anchored grid (:func:`equivit.anchor_core.anchor`).
         height: Rows of the anchored grid (a multiple of the map's).
         width: Columns of the anchored grid (a multiple of the map's).
+        channels_last: Whether ``y`` is laid out ``(B, H', W', C)`` (Sequencer's maps).
 
     Returns:
         ``y`` in the image's frame.
 
     Shape:
-        - y: :math:`(B, C, H', W')`
+        - y: :math:`(B, C, H', W')`, or :math:`(B, H', W', C)` with ``channels_last=True``
         - offsets: :math:`(B, 2)`
-        - output: :math:`(B, C, H', W')`
+        - output: same as ``y``
     """
-    rows, columns = height // y.shape[-2], width // y.shape[-1]
+    row_dim = 1 if channels_last else 2
+    rows, columns = height // y.shape[row_dim], width // y.shape[row_dim + 1]
     if rows == 1 and columns == 1:
-        return roll_back(y, offsets, False)
+        return roll_back(y, offsets, channels_last)
     if rows == columns:
-        return roll_back(y, torch.div(offsets, rows, rounding_mode="floor"), False)
+        return roll_back(y, torch.div(offsets, rows, rounding_mode="floor"), channels_last)
     coarse = torch.stack([offsets[:, 0] // rows, offsets[:, 1] // columns], dim=1)
-    return roll_back(y, coarse, False)
+    return roll_back(y, coarse, channels_last)
 
 
 class GridAnchoredEntry(nn.Module):
@@ -403,25 +407,31 @@ class GridAnchoredFeatureListNet(FeatureListNet):
     equivit_energy: str = "l1"
     """The energy of that anchor."""
 
+    equivit_channels_last: bool = False
+    """Whether the maps are laid out ``(B, H, W, C)`` (Sequencer's)."""
+
     def _collect(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Run the modules, anchoring at the entry, and collect the rolled-back maps."""
         out: dict[str, torch.Tensor] = OrderedDict()
         offsets = torch.zeros(x.shape[0], 2, dtype=torch.int64, device=x.device)
         height, width = 0, 0
         last = len(self) - 1
+        channels_last = self.equivit_channels_last
+        row_dim = 1 if channels_last else 2
         for index, (name, module) in enumerate(self.items()):
             if isinstance(module, GridAnchoredEntry):
                 x, offsets = module(x)
-                height, width = x.shape[-2], x.shape[-1]
+                height, width = x.shape[row_dim], x.shape[row_dim + 1]
             elif not torch.jit.is_scripting() and self.grad_checkpointing and 0 < index < last:
                 x = checkpoint(module, x)
             else:
                 x = module(x)
             if name == self.equivit_anchor_after:
-                x, offsets = anchor(x, x.shape[-2], x.shape[-1], self.equivit_energy, False)
-                height, width = x.shape[-2], x.shape[-1]
+                height, width = x.shape[row_dim], x.shape[row_dim + 1]
+                x, offsets = anchor(x, height, width, self.equivit_energy, channels_last)
             if name in self.return_layers:
-                out[self.return_layers[name]] = roll_back_map(x, offsets, height, width) if height > 0 else x
+                rolled = roll_back_map(x, offsets, height, width, channels_last) if height > 0 else x
+                out[self.return_layers[name]] = rolled
         return out
 
 

@@ -59,6 +59,7 @@ from equivit.families import (
     rexnet,
     selecsls,
     senet,
+    sequencer,
     shvit,
     starnet,
     swiftformer,
@@ -91,7 +92,7 @@ BUILT_IN: tuple[Family, ...] = tuple(
         maxxvit.FAMILY, swin_v2_cr.FAMILY, metaformer.FAMILY, levit.FAMILY, tiny_vit.FAMILY,
         davit.FAMILY, gcvit.FAMILY, edgenext.FAMILY, nextvit.FAMILY, efficientformer_v2.FAMILY,
         efficientvit_msra.FAMILY, lowformer.FAMILY, cpubone.FAMILY,
-        visformer.FAMILY, efficientformer.FAMILY, nest.FAMILY,
+        visformer.FAMILY, efficientformer.FAMILY, nest.FAMILY, sequencer.FAMILY,
         # Networks whose branches meet at different resolutions: one anchor at the input.
         byobnet.FAMILY, cspnet.FAMILY, dla.FAMILY, hrnet.FAMILY, densenet.FAMILY, dpn.FAMILY,
         vovnet.FAMILY, ghostnet.FAMILY, rexnet.FAMILY, senet.FAMILY, selecsls.FAMILY, xception_aligned.FAMILY,
