@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from timm.layers import BlurPool2d
 from timm.layers.conv2d_same import Conv2dSame
 from timm.layers.mixed_conv2d import MixedConv2d
+from timm.layers.pool2d_same import MaxPool2dSame
 from torch import nn
 
 from equivit.energy import Energy
@@ -159,6 +160,11 @@ def convert_sequence(parent: nn.Module, child: str, prefix: str, report: Convers
         after = f"AnchoredMaxPool2d (period {stride})" if stride > 1 else "AnchoredMaxPool2d (circular padding)"
         report.add(name, f"MaxPool2d {module.kernel_size} stride {stride}", after)
         return stride
+    if type(module) is MaxPool2dSame:
+        setattr(parent, child, anchored_same_max_pool(module, name, energy))
+        stride = _pair_of(module.stride)[0]
+        report.add(name, f"MaxPool2dSame {module.kernel_size} stride {stride}", f"AnchoredMaxPool2d (period {stride})")
+        return stride
     if isinstance(module, BlurPool2d) or type(module) is nn.AvgPool2d:
         try:
             anchored = AnchoredDownsample(module, energy=energy)
@@ -170,6 +176,40 @@ def convert_sequence(parent: nn.Module, child: str, prefix: str, report: Convers
     if isinstance(module, nn.AvgPool2d | nn.MaxPool2d):
         raise UnsupportedModelError(f"{name}: {type(module).__name__} subclasses are not supported")
     return 1  # norms and activations act per position; the audit checks them
+
+
+def _pair_of(value: int | tuple[int, ...]) -> tuple[int, int]:
+    """An int or a pair as a pair."""
+    return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
+
+
+def anchored_same_max_pool(pool: MaxPool2dSame, name: str, energy: Energy) -> AnchoredMaxPool2d:
+    """Timm's TensorFlow-"same" max pooling anchored, its uneven padding split kept, made circular.
+
+    TensorFlow pads ``(k - 1) d + 1 - s`` in all on a map that the stride divides, the odd one at
+    the end (3x3, stride 2: nothing before, one after). :class:`~equivit.layers.AnchoredMaxPool2d`
+    pads ``p`` before and ``p + t`` after with ``ceil_mode``'s trailing ``t``, so ``p`` = half the
+    total, rounded down, and ``ceil_mode=True`` give the same split.
+
+    Args:
+        pool: The pooling.
+        name: Its path, for the messages.
+        energy: Energy that picks the anchor.
+
+    Returns:
+        The anchored pooling.
+
+    Raises:
+        UnsupportedModelError: If the stride is not square or the window is shorter than the stride.
+    """
+    kernel, stride, dilation = _pair_of(pool.kernel_size), _pair_of(pool.stride), _pair_of(pool.dilation)
+    totals = [d * (k - 1) + 1 - s for k, s, d in zip(kernel, stride, dilation, strict=True)]
+    if stride[0] != stride[1] or min(totals) < 0:
+        raise UnsupportedModelError(f"{name}: MaxPool2dSame with kernel {kernel}, stride {stride} is not supported")
+    try:
+        return AnchoredMaxPool2d(kernel, stride, (totals[0] // 2, totals[1] // 2), dilation, True, energy=energy)
+    except ValueError as error:
+        raise UnsupportedModelError(f"{name}: {error}") from error
 
 
 def _is_strided(module: nn.Module) -> bool:

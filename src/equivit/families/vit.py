@@ -6,12 +6,18 @@ from collections.abc import Mapping
 
 import torch
 from timm.layers import PatchEmbed
+from timm.layers.hybrid_embed import HybridEmbed
 from timm.models import vision_transformer as timm_vit
 from timm.models.deit import VisionTransformerDistilled
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from equivit.energy import Energy
+from equivit.families.vit_hybrid import (
+    HYBRID_TYPES,
+    EquivariantHybridVisionTransformer,
+    convert_hybrid_vision_transformer,
+)
 from equivit.layers import AnchoredPatchEmbed
 from equivit.registry import Example, Family, types_named
 from equivit.report import ConversionReport, UnsupportedModelError
@@ -152,10 +158,13 @@ def convert_vision_transformer(model: VisionTransformer, report: ConversionRepor
     """
     name = type(model).__name__
     patch_embed = model.patch_embed
+    if type(patch_embed) is HybridEmbed:  # a CNN embedding (ViT hybrids, ViTamin): the token-grid policy
+        convert_hybrid_vision_transformer(model, report, energy)
+        return
     if type(patch_embed) is not PatchEmbed or not isinstance(patch_embed.proj, nn.Conv2d):
         raise UnsupportedModelError(
-            f"patch_embed: {type(patch_embed).__name__} is not timm's PatchEmbed with a Conv2d projection "
-            "(hybrid CNN stems and other embeddings are not supported yet)"
+            f"patch_embed: {type(patch_embed).__name__} is neither timm's PatchEmbed with a Conv2d projection "
+            "nor its HybridEmbed (other embeddings are not supported yet)"
         )
     proj = patch_embed.proj
     report.input_multiple = (int(proj.stride[0]), int(proj.stride[1]))
@@ -211,6 +220,8 @@ def map_vit_state_dict(state_dict: Mapping[str, torch.Tensor], model: nn.Module)
         A new state dict that loads strictly into ``model``.
     """
     mapped = dict(state_dict)
+    if isinstance(model, EquivariantHybridVisionTransformer):  # keeps pos_embed: the keys match
+        return mapped
     pos_embed = mapped.pop("pos_embed", None)
     if pos_embed is not None and not model.no_embed_class:
         sizes = {name: mapped[name].shape[1] for name in prefix_token_names(model)}  # type: ignore[arg-type]
@@ -224,9 +235,16 @@ def map_vit_state_dict(state_dict: Mapping[str, torch.Tensor], model: nn.Module)
 
 FAMILY = Family(
     name="vit",
-    description="ViT (vit_*) and DeiT (deit_*, deit3_*) built by timm's VisionTransformer, distilled DeiT included",
+    description=(
+        "ViT (vit_*) and DeiT (deit_*, deit3_*) built by timm's VisionTransformer, distilled DeiT included; "
+        "ViT hybrids (vit_*_r*, vit_*_resnet*, vit_base_mci_224) and ViTamin (vitamin_*) with CNN embeddings"
+    ),
     model_classes=(VisionTransformer, VisionTransformerDistilled),
-    converted_classes=(EquivariantVisionTransformer, EquivariantVisionTransformerDistilled),
+    converted_classes=(
+        EquivariantVisionTransformer,
+        EquivariantVisionTransformerDistilled,
+        EquivariantHybridVisionTransformer,
+    ),
     convert=convert_vision_transformer,  # type: ignore[arg-type]
     entry="patch_embed",
     # Blocks act on each token alone or attend over the set of tokens (no position terms). Read by
@@ -244,8 +262,9 @@ FAMILY = Family(
             "LayerScale",
         ),
         VisionTransformerDistilled,
+        *HYBRID_TYPES,
     ),
-    timm_modules=("vision_transformer", "deit"),
+    timm_modules=("vision_transformer", "deit", "vision_transformer_hybrid", "vitamin"),
     empty_batch_ok=True,
     map_state_dict=map_vit_state_dict,
     examples={
@@ -258,6 +277,24 @@ FAMILY = Family(
             "deit_tiny_distilled_patch16_224",
             {"patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2, "img_size": 32},
             (32, 32),
+        ),
+        "vit_hybrid": Example(
+            "vit_small_resnet26d_224",
+            {"embed_dim": 32, "depth": 2, "num_heads": 2, "img_size": 64},
+            (64, 64),
+            quick=False,
+        ),
+        "vit_hybrid_r_s16": Example(
+            "vit_tiny_r_s16_p8_224",
+            {"embed_dim": 32, "depth": 2, "num_heads": 2, "img_size": (128, 64)},
+            (128, 64),
+            quick=False,
+        ),
+        "vitamin": Example(
+            "vitamin_small_224",
+            {"depth": 1, "img_size": 64},
+            (64, 64),
+            quick=False,
         ),
     },
 )
