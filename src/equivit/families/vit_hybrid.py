@@ -21,7 +21,7 @@ from timm.models import resnet as timm_resnet
 from timm.models import resnetv2 as timm_resnetv2
 from timm.models import vision_transformer_hybrid as timm_hybrid
 from timm.models import vitamin as timm_vitamin
-from timm.models._features import feature_take_indices
+from timm.models._features import FeatureDictNet, feature_take_indices
 from timm.models._manipulate import checkpoint
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
@@ -173,7 +173,10 @@ def convert_hybrid_vision_transformer(model: VisionTransformer, report: Conversi
     if embed.img_size[1] // embed.grid_size[1] != stride:
         raise UnsupportedModelError(f"patch_embed: strides {embed.img_size} / {embed.grid_size} differ between axes")
     convert_convolutions(embed, report, energy)
-    anchor_network_input(model, report, energy, "patch_embed.backbone", stride)
+    entry = "patch_embed.backbone"
+    if isinstance(embed.backbone, FeatureDictNet):  # timm's features_only ResNet: anchor in its first module
+        entry += "." + next(iter(embed.backbone.keys()))
+    anchor_network_input(model, report, energy, entry, stride)
     embed.flatten = False
     embed.output_fmt = Format.NHWC
     report.input_multiple = (stride, stride)
