@@ -8,9 +8,11 @@ import torch.nn.functional as F
 from contract import LayerContract
 from hypothesis import given
 from hypothesis import strategies as st
+from timm.layers.pool2d_same import MaxPool2dSame
 from torch import nn
 
 import equivit
+from equivit.cnn_policy import anchored_same_max_pool
 from equivit.layers import AnchoredMaxPool2d
 from equivit.layers.anchored_pool import keeps_grid, separable_max_pool2d
 from equivit.testing.strategies import images, shifts
@@ -200,3 +202,34 @@ def test_ceil_mode_wraps_the_last_window() -> None:
     assert pool(x).shape == stock(x).shape == (2, 3, 4, 6)
     expected = nn.functional.max_pool2d(nn.functional.pad(anchored, (0, 1, 0, 1), mode="circular"), 3, 2)
     assert torch.equal(pool(x), expected)
+
+
+class TestSameMaxPool(LayerContract):
+    """The ResNetV2 'same' stem's pooling (ViT hybrids): TensorFlow-same 3 x 3, stride 2, padded at the end."""
+
+    rtol = 0.0
+
+    def make(self, dtype: torch.dtype = torch.float32) -> nn.Module:
+        return anchored_same_max_pool(self.make_stock(), "pool", "l1")
+
+    def make_stock(self) -> nn.Module:
+        return MaxPool2dSame(3, 2)
+
+
+@pytest.mark.parametrize(("kernel", "stride"), [(3, 2), (2, 2), (5, 2), (3, 1), (4, 4)])
+def test_same_max_pool_keeps_tensorflow_padding_split_made_circular(kernel: int, stride: int) -> None:
+    """The uneven 'same' split (the odd row and column at the end) is kept; the padding wraps around."""
+    x = torch.randn(2, 3, 8, 12)
+    stock = MaxPool2dSame(kernel, stride)
+    pool = anchored_same_max_pool(stock, "pool", "l1")
+    total = kernel - stride
+    before, after = total // 2, total - total // 2
+    anchored, _ = equivit.polyphase_anchor(x, stride)
+    expected = F.max_pool2d(F.pad(anchored, (before, after, before, after), mode="circular"), kernel, stride)
+    assert pool(x).shape == stock(x).shape
+    assert torch.equal(pool(x), expected)
+
+
+def test_same_max_pool_errors() -> None:
+    with pytest.raises(equivit.UnsupportedModelError, match="MaxPool2dSame"):
+        anchored_same_max_pool(MaxPool2dSame(1, 2), "stem.pool", "l1")  # a window shorter than the stride
