@@ -1,10 +1,11 @@
 """Throughput of converted models against the stock timm models, interleaved in one process.
 
 For each model: forward in eval mode (no grad) and one training step (forward, cross-entropy,
-backward, SGD step), batch 16 at 224 px, random init. Stock and converted runs alternate so that
-both see the same machine state, each going first in every other pair; the table gives medians
-and the ratio converted / stock of throughput (higher is better, 1.0 = as fast as stock), and the
-quartiles of the same ratio taken pair by pair, which show how much the machine moved.
+backward, SGD step), batch 16 at each model's own input size (224 px for most), random init.
+Stock and converted runs alternate so that both see the same machine state, each going first in
+every other pair; the table gives medians and the ratio converted / stock of throughput (higher
+is better, 1.0 = as fast as stock), and the quartiles of the same ratio taken pair by pair, which
+show how much the machine moved.
 
     python benchmarks/bench_models.py [--device cuda] [--repeats 7] [--batch 16] [--models NAME ...] [--modes forward]
         [--threads 1]
@@ -78,18 +79,20 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     torch.manual_seed(0)
-    images = torch.randn(args.batch, 3, 224, 224, device=device)
     labels = torch.randint(0, 1000, (args.batch,), device=device)
     print(
         f"torch {torch.__version__}, timm {timm.__version__}, {platform.processor() or platform.machine()}, "
-        f"{torch.get_num_threads()} threads, device {device}, batch {args.batch}, 224 px, median of {args.repeats}"
+        f"{torch.get_num_threads()} threads, device {device}, batch {args.batch}, each model's own input size, "
+        f"median of {args.repeats}"
     )
     print()
-    print("| model | mode | stock ms | converted ms | converted / stock throughput | pairwise, quartiles |")
-    print("|---|---|---|---|---|---|")
+    print("| model | size | mode | stock ms | converted ms | converted / stock throughput | pairwise, quartiles |")
+    print("|---|---|---|---|---|---|---|")
     for name in args.models:
         stock = timm.create_model(name).to(device)
         converted = equivit.convert(stock)
+        _, height, width = stock.pretrained_cfg["input_size"]  # 224 for most; 256 for HaloNet, BoTNet, MobileViT
+        images = torch.randn(args.batch, 3, height, width, device=device)
         for mode in args.modes:
             steps = {
                 key: forward_step(model, images) if mode == "forward" else training_step(model, images, labels)
@@ -106,7 +109,7 @@ def main() -> None:
             pairs = [s / c for s, c in zip(times["stock"], times["converted"], strict=True)]
             low, _, high = statistics.quantiles(pairs, n=4) if len(pairs) > 1 else (pairs[0],) * 3
             print(
-                f"| {name} | {mode} | {stock_ms:.1f} | {converted_ms:.1f} | {stock_ms / converted_ms:.3f} "
+                f"| {name} | {height} | {mode} | {stock_ms:.1f} | {converted_ms:.1f} | {stock_ms / converted_ms:.3f} "
                 f"| {low:.3f} to {high:.3f} |"
             )
 

@@ -72,6 +72,7 @@ from equivit.families import (
     visformer,
     vit,
     vit_relpos,
+    volo,
     vovnet,
     xception_aligned,
     xcit,
@@ -93,6 +94,7 @@ BUILT_IN: tuple[Family, ...] = tuple(
         davit.FAMILY, gcvit.FAMILY, edgenext.FAMILY, nextvit.FAMILY, efficientformer_v2.FAMILY,
         efficientvit_msra.FAMILY, lowformer.FAMILY, cpubone.FAMILY,
         visformer.FAMILY, efficientformer.FAMILY, nest.FAMILY, sequencer.FAMILY,
+        volo.FAMILY,
         # Networks whose branches meet at different resolutions: one anchor at the input.
         byobnet.FAMILY, cspnet.FAMILY, dla.FAMILY, hrnet.FAMILY, densenet.FAMILY, dpn.FAMILY,
         vovnet.FAMILY, ghostnet.FAMILY, rexnet.FAMILY, senet.FAMILY, selecsls.FAMILY, xception_aligned.FAMILY,
