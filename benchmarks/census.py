@@ -102,10 +102,21 @@ def _excluded_reason(family: Family, name: str) -> str:
 
 
 def _image_size(model: nn.Module, multiple: int) -> int:
-    """The model's default input size (at most 224), rounded up to a multiple of ``multiple``."""
-    size = int(model.pretrained_cfg.get("input_size", (3, 224, 224))[-1])
-    size = min(size, 224)
-    return max(multiple, math.ceil(size / multiple) * multiple)
+    """The model's default input size, at most 224 where the model runs at that size, rounded up to ``multiple``.
+
+    Models built for one size (fixed position terms) and models whose blocks need more (HaloNet's
+    8 x 8 blocks at stride 32: 256) keep their own.
+    """
+    default = int(model.pretrained_cfg.get("input_size", (3, 224, 224))[-1])
+    for size in dict.fromkeys((min(default, 224), default)):
+        size = max(multiple, math.ceil(size / multiple) * multiple)
+        try:
+            with torch.no_grad():
+                model(torch.zeros(1, 3, size, size))
+        except (AssertionError, RuntimeError, ValueError):
+            continue
+        return size
+    return max(multiple, math.ceil(default / multiple) * multiple)
 
 
 def _run(model: nn.Module, photos: torch.Tensor) -> tuple[str, float, float]:

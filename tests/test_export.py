@@ -73,7 +73,12 @@ def _check_onnx(key: str, directory: Path) -> None:
         tolerance = rounding_tolerance(model, x, ATOL)
         error = float((out.double() - exact).abs().max())
         assert error <= tolerance, (key, batch, error, tolerance)
-        assert torch.equal(out.argmax(1), eager.argmax(1))
+        # Top-1 must agree wherever the error bound cannot swap the two best classes. (An anchor
+        # chosen on a float32 map, as the stem-anchored families do, may tip the other way on a
+        # near-tie of energies when the map rounds differently; the tolerance then covers it.)
+        top2 = exact.topk(2, dim=1).values
+        clear = (top2[:, 0] - top2[:, 1]) > 2 * tolerance
+        assert torch.equal(out.argmax(1)[clear], eager.argmax(1)[clear]), (key, batch)
     x = _images(3, size, seed=7)
     reference = _run(session, x)
     stock_change = 0.0

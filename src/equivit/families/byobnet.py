@@ -89,6 +89,7 @@ def convert_byobnet(model: nn.Module, report: ConversionReport, energy: Energy) 
             converted=EquivariantByobNet,
             input_multiple=32,
         )
+        report.empty_batch_ok = False  # timm's halo, bottleneck and lambda attention reshape with -1
         return
     patches = [
         size

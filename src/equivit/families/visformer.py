@@ -18,12 +18,13 @@ from timm.models._manipulate import checkpoint_seq
 from timm.models.visformer import Visformer
 from torch import nn
 
+from equivit.anchor_core import anchor
 from equivit.cnn_policy import convert_convolutions
 from equivit.energy import Energy
 from equivit.layers.declare import equivariant_layer
 from equivit.registry import Example, Family, module_types
 from equivit.report import ConversionReport, UnsupportedModelError
-from equivit.token_grid import grid_anchored_entry, install_grid_anchored_model, roll_back_map
+from equivit.token_grid import roll_back_map
 
 __all__ = ["FAMILY", "EquivariantVisformer", "convert_visformer"]
 
@@ -57,9 +58,9 @@ class EquivariantVisformer(Visformer):
         return x
 
     def _anchored_entry(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The stem, then the first patch embedding's anchored map and its origins."""
-        x = self.stem(x)
-        return self.patch_embed1(x)
+        """The stem, then the first patch embedding's map rolled to its content-chosen origin, and that origin."""
+        y = self.patch_embed1(self.stem(x))
+        return anchor(y, y.shape[-2], y.shape[-1], self.equivit_energy, False)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The last stage's normed map in the image's frame.
@@ -150,9 +151,8 @@ def convert_visformer(model: nn.Module, report: ConversionReport, energy: Energy
     """Make a timm ``Visformer`` shift-equivariant, in place. No parameter is added or renamed.
 
     The stem's strided convolution and the first patch embedding are anchored (circular padding),
-    the first patch embedding anchors its map with period = the map
-    (:func:`~equivit.token_grid.grid_anchored_entry`), and the model becomes an
-    :class:`EquivariantVisformer`. Inputs must have the model's ``img_size``.
+    and the model becomes an :class:`EquivariantVisformer`, which anchors the first patch
+    embedding's map with period = the map. Inputs must have the model's ``img_size``.
 
     Args:
         model: A ``Visformer`` (timm's ``features_only`` wrapper holds one), changed in place.
@@ -172,13 +172,11 @@ def convert_visformer(model: nn.Module, report: ConversionReport, energy: Energy
         raise UnsupportedModelError(f"patch_embed1: {type(model.patch_embed1).__name__} is not timm's PatchEmbed")
     convert_convolutions(model.stem, report, energy)
     convert_convolutions(model.patch_embed1, report, energy)
-    model.patch_embed1 = grid_anchored_entry(model.patch_embed1, energy)
-    report.add(
-        "patch_embed1", "PatchEmbed", "GridAnchoredPatchEmbed (its projection anchored; its map anchored, period = map)"
-    )
     reduction = int(model.feature_info[-1]["reduction"])
     report.input_multiple = (reduction, reduction)
-    install_grid_anchored_model(model, report, Visformer, EquivariantVisformer, "stem", energy)
+    model.__class__ = EquivariantVisformer
+    model.equivit_energy = energy
+    report.add("", "Visformer", "EquivariantVisformer (patch_embed1's map anchored, period = map; maps rolled back)")
 
 
 FAMILY = Family(
