@@ -19,7 +19,7 @@ from equivit.layers import (
     AnchoredMixedConv2d,
     make_conv_circular,
 )
-from equivit.layers.anchored_pool import keeps_grid
+from equivit.layers.anchored_pool import _pair, keeps_grid
 from equivit.layers.anchored_residual import anchored_entry, anchored_residual
 from equivit.layers.circular_std_conv import circular_std_conv, is_std_conv
 from equivit.layers.declare import declared_layers
@@ -162,7 +162,7 @@ def convert_sequence(parent: nn.Module, child: str, prefix: str, report: Convers
         return stride
     if type(module) is MaxPool2dSame:
         setattr(parent, child, anchored_same_max_pool(module, name, energy))
-        stride = _pair_of(module.stride)[0]
+        stride = _pair(module.stride)[0]
         report.add(name, f"MaxPool2dSame {module.kernel_size} stride {stride}", f"AnchoredMaxPool2d (period {stride})")
         return stride
     if isinstance(module, BlurPool2d) or type(module) is nn.AvgPool2d:
@@ -176,11 +176,6 @@ def convert_sequence(parent: nn.Module, child: str, prefix: str, report: Convers
     if isinstance(module, nn.AvgPool2d | nn.MaxPool2d):
         raise UnsupportedModelError(f"{name}: {type(module).__name__} subclasses are not supported")
     return 1  # norms and activations act per position; the audit checks them
-
-
-def _pair_of(value: int | tuple[int, ...]) -> tuple[int, int]:
-    """An int or a pair as a pair."""
-    return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
 
 
 def anchored_same_max_pool(pool: MaxPool2dSame, name: str, energy: Energy) -> AnchoredMaxPool2d:
@@ -202,7 +197,7 @@ def anchored_same_max_pool(pool: MaxPool2dSame, name: str, energy: Energy) -> An
     Raises:
         UnsupportedModelError: If the stride is not square or the window is shorter than the stride.
     """
-    kernel, stride, dilation = _pair_of(pool.kernel_size), _pair_of(pool.stride), _pair_of(pool.dilation)
+    kernel, stride, dilation = _pair(pool.kernel_size), _pair(pool.stride), _pair(pool.dilation)
     totals = [d * (k - 1) + 1 - s for k, s, d in zip(kernel, stride, dilation, strict=True)]
     if stride[0] != stride[1] or min(totals) < 0:
         raise UnsupportedModelError(f"{name}: MaxPool2dSame with kernel {kernel}, stride {stride} is not supported")

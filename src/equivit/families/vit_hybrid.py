@@ -161,8 +161,8 @@ def convert_hybrid_vision_transformer(model: VisionTransformer, report: Conversi
         energy: Energy that picks the anchors.
 
     Raises:
-        UnsupportedModelError: If the embedding pads the image itself (``dynamic_img_pad``) or the
-            model has no position embedding to keep.
+        UnsupportedModelError: If the embedding is not timm's ``HybridEmbed``, pads the image itself
+            (``dynamic_img_pad``), or has different strides along the two axes.
     """
     embed = model.patch_embed
     if type(embed) is not HybridEmbed:
