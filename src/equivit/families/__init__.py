@@ -36,6 +36,7 @@ from equivit.families import (
     gcvit,
     ghostnet,
     hgnet,
+    hiera,
     hrnet,
     iformer,
     inception_next,
@@ -46,6 +47,7 @@ from equivit.families import (
     maxxvit,
     metaformer,
     mlp_mixer,
+    mvitv2,
     nest,
     nextvit,
     nfnet,
@@ -72,6 +74,7 @@ from equivit.families import (
     visformer,
     vit,
     vit_relpos,
+    vit_sam,
     volo,
     vovnet,
     xception_aligned,
@@ -89,12 +92,13 @@ BUILT_IN: tuple[Family, ...] = tuple(
         resnetv2.FAMILY,
         # Transformers on one token grid: the grid anchored with period = the grid.
         eva.FAMILY, vit_relpos.FAMILY, beit.FAMILY, cait.FAMILY, mlp_mixer.FAMILY, xcit.FAMILY, convit.FAMILY,
+        vit_sam.FAMILY,
         # Hierarchical transformers: the stem's map anchored with period = the map.
         maxxvit.FAMILY, swin_v2_cr.FAMILY, metaformer.FAMILY, levit.FAMILY, tiny_vit.FAMILY,
         davit.FAMILY, gcvit.FAMILY, edgenext.FAMILY, nextvit.FAMILY, efficientformer_v2.FAMILY,
         efficientvit_msra.FAMILY, lowformer.FAMILY, cpubone.FAMILY,
         visformer.FAMILY, efficientformer.FAMILY, nest.FAMILY, sequencer.FAMILY,
-        volo.FAMILY,
+        volo.FAMILY, mvitv2.FAMILY, hiera.FAMILY,
         # Networks whose branches meet at different resolutions: one anchor at the input.
         byobnet.FAMILY, cspnet.FAMILY, dla.FAMILY, hrnet.FAMILY, densenet.FAMILY, dpn.FAMILY,
         vovnet.FAMILY, ghostnet.FAMILY, rexnet.FAMILY, senet.FAMILY, selecsls.FAMILY, xception_aligned.FAMILY,
