@@ -37,6 +37,7 @@ from equivit.families import (
     ghostnet,
     hgnet,
     hiera,
+    hieradet,
     hrnet,
     iformer,
     inception_next,
@@ -98,7 +99,7 @@ BUILT_IN: tuple[Family, ...] = tuple(
         davit.FAMILY, gcvit.FAMILY, edgenext.FAMILY, nextvit.FAMILY, efficientformer_v2.FAMILY,
         efficientvit_msra.FAMILY, lowformer.FAMILY, cpubone.FAMILY,
         visformer.FAMILY, efficientformer.FAMILY, nest.FAMILY, sequencer.FAMILY,
-        volo.FAMILY, mvitv2.FAMILY, hiera.FAMILY,
+        volo.FAMILY, mvitv2.FAMILY, hiera.FAMILY, hieradet.FAMILY,
         # Networks whose branches meet at different resolutions: one anchor at the input.
         byobnet.FAMILY, cspnet.FAMILY, dla.FAMILY, hrnet.FAMILY, densenet.FAMILY, dpn.FAMILY,
         vovnet.FAMILY, ghostnet.FAMILY, rexnet.FAMILY, senet.FAMILY, selecsls.FAMILY, xception_aligned.FAMILY,

@@ -152,12 +152,12 @@ FAMILY = Family(
     model_classes=(MultiScaleVit,),
     converted_classes=(EquivariantMultiScaleVit,),
     convert=convert_mvitv2,  # type: ignore[arg-type]
-    entry="patch_embed",
+    entry="patch_embed.proj",
     feature_markers=module_types(timm_mvitv2),
     accepted=module_types(timm_mvitv2),
     timm_modules=("mvitv2",),
     examples={
         "mvitv2": Example("mvitv2_tiny", {"img_size": 64}, (64, 64), quick=False),
-        "mvitv2_cls": Example("mvitv2_small_cls", {"img_size": 64}, (64, 64), quick=False),
+        "mvitv2_cls": Example("mvitv2_small_cls", {"img_size": 64, "global_pool": "avg"}, (64, 64), quick=False),
     },
 )
