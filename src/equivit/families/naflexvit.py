@@ -281,6 +281,7 @@ def convert_naflexvit(model: NaFlexVit, report: ConversionReport, energy: Energy
         report.add("embeds", "NaFlexEmbeds", "AnchoredNaFlexEmbeds (period = patch, then the grid)")
     model.__class__ = EquivariantNaFlexVit
     report.input_multiple = (int(embeds.patch_size[0]), int(embeds.patch_size[1]))
+    report.in_channels = int(embeds.in_chans)
     report.add("", "NaFlexVit", "EquivariantNaFlexVit (patch tokens rolled back; images only)")
 
 
