@@ -83,8 +83,9 @@ class Family:
         model_classes: The timm model classes it converts.
         convert: The converter, ``convert(model, report, energy)``, in place.
         entry: Path of the module that receives the images in the model (``"patch_embed"``,
-            ``"conv1"``); the input check is installed there. In timm's flattened ``features_only``
-            wrapper the first module is used.
+            ``"conv1"``); the input check is installed there. A tuple lists several, for families
+            of more than one model class: the first path the model has is used. In timm's
+            flattened ``features_only`` wrapper the first module is used.
         feature_markers: Module types that mark this family inside timm's flattened
             ``features_only`` wrappers (``FeatureListNet``), which lose the model class.
         accepted: Module types of this family that are equivariant as they are (containers whose
@@ -109,7 +110,7 @@ class Family:
     description: str
     model_classes: tuple[type[nn.Module], ...]
     convert: Converter
-    entry: str = "patch_embed"
+    entry: str | tuple[str, ...] = "patch_embed"
     feature_markers: tuple[type[nn.Module], ...] = ()
     accepted: tuple[type[nn.Module], ...] = ()
     checks: Mapping[type[nn.Module], ModuleCheck] = dataclasses.field(default_factory=dict)

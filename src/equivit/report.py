@@ -247,12 +247,13 @@ def _empty_batch_ok(report: ConversionReport) -> bool:
     return family_named(report.family).empty_batch_ok
 
 
-def entry_path(model: nn.Module, entry: str) -> str:
+def entry_path(model: nn.Module, entry: str | tuple[str, ...]) -> str:
     """The path of the module that receives the images: ``entry``, or the first module of timm's flattened wrappers.
 
     Args:
         model: A model, or timm's ``features_only`` wrapper of one.
-        entry: The family's entry path in the model (:attr:`equivit.registry.Family.entry`).
+        entry: The family's entry path in the model (:attr:`equivit.registry.Family.entry`), or
+            several, the first one the model has being used (a family of two model classes).
 
     Returns:
         The path in ``model``.
@@ -261,9 +262,15 @@ def entry_path(model: nn.Module, entry: str) -> str:
 
     if isinstance(model, FeatureDictNet | FeatureHookNet):  # and FeatureListNet: runs its modules in order
         return next(iter(model.keys()))
-    if isinstance(model, FeatureGetterNet):
-        return f"model.{entry}"
-    return entry
+    prefix = "model." if isinstance(model, FeatureGetterNet) else ""
+    paths = (entry,) if isinstance(entry, str) else entry
+    for path in paths:
+        try:
+            model.get_submodule(prefix + path)
+        except AttributeError:
+            continue
+        return prefix + path
+    return prefix + paths[0]
 
 
 def _entry_module(model: nn.Module, family: str) -> nn.Module:

@@ -74,6 +74,7 @@ from equivit.families import (
     twins,
     vgg,
     visformer,
+    vision_towers,
     vit,
     vit_relpos,
     vit_sam,
@@ -94,7 +95,7 @@ BUILT_IN: tuple[Family, ...] = tuple(
         resnetv2.FAMILY,
         # Transformers on one token grid: the grid anchored with period = the grid.
         eva.FAMILY, vit_relpos.FAMILY, beit.FAMILY, cait.FAMILY, mlp_mixer.FAMILY, xcit.FAMILY, convit.FAMILY,
-        vit_sam.FAMILY, naflexvit.FAMILY,
+        vit_sam.FAMILY, naflexvit.FAMILY, vision_towers.QWEN3, vision_towers.DEEPSEEK,
         # Hierarchical transformers: the stem's map anchored with period = the map.
         maxxvit.FAMILY, swin_v2_cr.FAMILY, metaformer.FAMILY, levit.FAMILY, tiny_vit.FAMILY,
         davit.FAMILY, gcvit.FAMILY, edgenext.FAMILY, nextvit.FAMILY, efficientformer_v2.FAMILY,
