@@ -56,7 +56,7 @@ def _models(family: str) -> tuple[nn.Module, nn.Module, torch.jit.ScriptModule, 
 @pytest.mark.parametrize("family", heavy(sorted(STOCK_DOES_NOT_SCRIPT)))
 def test_stock_model_does_not_script(family: str) -> None:
     stock, _, _ = tiny_pair(family)
-    with pytest.raises(RuntimeError):
+    with pytest.raises((RuntimeError, ValueError, torch.jit.frontend.NotSupportedError)):
         _script(stock)
 
 

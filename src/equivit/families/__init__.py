@@ -12,6 +12,7 @@ from equivit.families import (
     beit,
     byobnet,
     cait,
+    coat,
     convit,
     convmixer,
     convnext,
@@ -70,6 +71,7 @@ from equivit.families import (
     swin,
     swin_v2_cr,
     tiny_vit,
+    tnt,
     tresnet,
     twins,
     vgg,
@@ -96,6 +98,7 @@ BUILT_IN: tuple[Family, ...] = tuple(
         # Transformers on one token grid: the grid anchored with period = the grid.
         eva.FAMILY, vit_relpos.FAMILY, beit.FAMILY, cait.FAMILY, mlp_mixer.FAMILY, xcit.FAMILY, convit.FAMILY,
         vit_sam.FAMILY, naflexvit.FAMILY, vision_towers.QWEN3, vision_towers.DEEPSEEK,
+        tnt.FAMILY, coat.FAMILY,
         # Hierarchical transformers: the stem's map anchored with period = the map.
         maxxvit.FAMILY, swin_v2_cr.FAMILY, metaformer.FAMILY, levit.FAMILY, tiny_vit.FAMILY,
         davit.FAMILY, gcvit.FAMILY, edgenext.FAMILY, nextvit.FAMILY, efficientformer_v2.FAMILY,

@@ -48,16 +48,13 @@ class AnchoredTower(nn.Module):
     For timm's Qwen3 and DeepSeek encoders: ``patch_embed`` returns the anchored-patch grid
     ``(B, H, W, C)``, ``_pos_embed`` flattens it and returns the rotary table, the blocks take
     ``rope=``. A converted class lists this first among its bases and says what follows the blocks
-    (:meth:`_finish`) and which module is the projector (:meth:`_projector`).
+    (:meth:`_finish`) and what the encoder returns from its final map (:meth:`_pooled`: TorchScript
+    cannot return a module from a method, so each class names its projector there).
     """
 
     def _finish(self, x: torch.Tensor) -> torch.Tensor:
         """What the encoder applies to the last block's tokens (nothing here)."""
         return x
-
-    def _projector(self) -> nn.Module | None:
-        """The language model's projector, or None."""
-        return None
 
     def _run(
         self, x: torch.Tensor, take: list[int], last: int, norm: bool
@@ -67,26 +64,20 @@ class AnchoredTower(nn.Module):
         batch, height, width = grid.shape[0], grid.shape[1], grid.shape[2]
         x, rope = self._pos_embed(grid)
         maps: list[torch.Tensor] = []
-        for index, block in enumerate(self.blocks):
-            if 0 <= last < index:
-                break
-            if self.grad_checkpointing and not torch.jit.is_scripting():
-                x = checkpoint(block, x, rope=rope)
-            else:
-                x = block(x, rope=rope)
-            if index in take:
-                y = self._finish(x) if norm else x
-                maps.append(roll_back(y.reshape(batch, height, width, -1), offsets, True))
+        for index, block in enumerate(self.blocks):  # no break: TorchScript unrolls loops over modules
+            if last < 0 or index <= last:
+                if self.grad_checkpointing and not torch.jit.is_scripting():
+                    x = checkpoint(block, x, rope=rope)
+                else:
+                    x = block(x, rope=rope)
+                if index in take:
+                    y = self._finish(x) if norm else x
+                    maps.append(roll_back(y.reshape(batch, height, width, -1), offsets, True))
         return self._finish(x).reshape(batch, height, width, -1), offsets, maps
 
     def _pooled(self, final: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
-        """The encoder's output from its anchored final map: projector tokens, mean, or the map rolled back."""
-        projector = self._projector()
-        if projector is not None:
-            return projector(final)
-        if self.global_pool == "avg":
-            return final.mean(dim=(1, 2))
-        return roll_back(final, offsets, True)
+        """The encoder's output from its anchored final map (each class names its projector)."""
+        return _unprojected(final, offsets, self.global_pool)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The final patch map in the image's frame.
@@ -154,6 +145,13 @@ class AnchoredTower(nn.Module):
         return {"image_features": final, "image_intermediates": maps} if output_dict else (final, maps)
 
 
+def _unprojected(final: torch.Tensor, offsets: torch.Tensor, global_pool: str) -> torch.Tensor:
+    """An encoder's output without its projector: the mean token, or the map rolled back to the image's frame."""
+    if global_pool == "avg":
+        return final.mean(dim=(1, 2))
+    return roll_back(final, offsets, True)
+
+
 def _intermediates(
     encoder: AnchoredTower, x: torch.Tensor, indices: int | list[int] | None, norm: bool, stop_early: bool, fmt: str
 ) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
@@ -198,10 +196,9 @@ class _AnchoredTowerClassifier(nn.Module):
         Raises:
             ValueError: If ``output_fmt`` is another format.
         """
-        maps, final, pooled = _intermediates(self.encoder, x, indices, norm, stop_early, output_fmt)
+        maps, _, features = _intermediates(self.encoder, x, indices, norm, stop_early, output_fmt)
         if intermediates_only:
             return {"image_intermediates": maps} if output_dict else maps
-        features = pooled if self.encoder._projector() is not None else final
         return {"image_features": features, "image_intermediates": maps} if output_dict else (features, maps)
 
 
@@ -209,9 +206,11 @@ class _AnchoredTowerClassifier(nn.Module):
 class EquivariantQwen3VitEncoder(AnchoredTower, Qwen3VitEncoder):
     """timm's ``Qwen3VitEncoder`` whose blocks and merger see the token grid from an origin chosen by content."""
 
-    def _projector(self) -> nn.Module | None:
-        """The spatial merger, or None."""
-        return self.merger
+    def _pooled(self, final: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+        """The merger's tokens (from the anchored frame), the mean, or the map rolled back."""
+        if self.merger is not None:
+            return self.merger(final)
+        return _unprojected(final, offsets, self.global_pool)
 
 
 @equivariant_layer(period="grid", anchored_children=("blocks", "rope", "norm", "aligner"), fx="traced")
@@ -222,9 +221,11 @@ class EquivariantDeepseekVitEncoder(AnchoredTower, DeepseekVitEncoder):
         """The final norm."""
         return self.norm(x)
 
-    def _projector(self) -> nn.Module | None:
-        """The aligner, or None."""
-        return self.aligner
+    def _pooled(self, final: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+        """The aligner's tokens (from the anchored frame), the mean, or the map rolled back."""
+        if self.aligner is not None:
+            return self.aligner(final)
+        return _unprojected(final, offsets, self.global_pool)
 
 
 @equivariant_layer(period="grid", anchored_children=("encoder", "norm", "head"), fx="traced")
