@@ -69,7 +69,8 @@ def main(argv: list[str]) -> None:
         slow = ["-m", "not cuda"] if "--slow" in rest else []
         # One worker per core (at most 4): compiles and hypothesis searches are single-threaded.
         workers = ["-n", "auto", "--maxprocesses", "4"]
-        run(PYTHON, "-m", "pytest", "-q", *workers, *slow, *[arg for arg in rest if arg != "--slow"])
+        durations = ["--durations", "25"]  # the slowest tests, to keep the default run short
+        run(PYTHON, "-m", "pytest", "-q", *workers, *durations, *slow, *[arg for arg in rest if arg != "--slow"])
     elif job == "docs":
         ensure_environment("docs")
         os.environ.setdefault("NO_MKDOCS_2_WARNING", "1")

@@ -201,6 +201,7 @@ def test_training_step_runs_and_reaches_new_parameters() -> None:
     assert model.patch_embed.pos_conv.proj.weight.grad.abs().sum() > 0
 
 
+@pytest.mark.slow  # the per-policy compile tests of test_compile.py run by default; this adds Twins via AOT
 def test_converted_models_compile_without_graph_breaks() -> None:
     vit = equivit.convert(_vit())
     x = torch.randn(2, 3, 32, 32)

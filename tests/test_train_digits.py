@@ -21,6 +21,7 @@ def _run(command: list[str], state: Path) -> dict[str, dict[str, torch.Tensor]]:
     return torch.load(state, weights_only=True)
 
 
+@pytest.mark.slow  # two training runs, one of them in two processes: over a minute on two cores
 def test_two_processes_agree_with_one(tmp_path: Path) -> None:
     pytest.importorskip("sklearn")
     single = _run([sys.executable], tmp_path / "single.pt")

@@ -17,6 +17,7 @@ from equivit.families import (
     convmixer,
     convnext,
     cpubone,
+    csatv2,
     cspnet,
     cspnext,
     davit,
@@ -35,6 +36,7 @@ from equivit.families import (
     fastvit,
     focalnet,
     gcvit,
+    gemma4_vit,
     ghostnet,
     hgnet,
     hiera,
@@ -98,13 +100,13 @@ BUILT_IN: tuple[Family, ...] = tuple(
         # Transformers on one token grid: the grid anchored with period = the grid.
         eva.FAMILY, vit_relpos.FAMILY, beit.FAMILY, cait.FAMILY, mlp_mixer.FAMILY, xcit.FAMILY, convit.FAMILY,
         vit_sam.FAMILY, naflexvit.FAMILY, vision_towers.QWEN3, vision_towers.DEEPSEEK,
-        tnt.FAMILY, coat.FAMILY,
+        tnt.FAMILY, coat.FAMILY, gemma4_vit.FAMILY,
         # Hierarchical transformers: the stem's map anchored with period = the map.
         maxxvit.FAMILY, swin_v2_cr.FAMILY, metaformer.FAMILY, levit.FAMILY, tiny_vit.FAMILY,
         davit.FAMILY, gcvit.FAMILY, edgenext.FAMILY, nextvit.FAMILY, efficientformer_v2.FAMILY,
         efficientvit_msra.FAMILY, lowformer.FAMILY, cpubone.FAMILY,
         visformer.FAMILY, efficientformer.FAMILY, nest.FAMILY, sequencer.FAMILY,
-        volo.FAMILY, mvitv2.FAMILY, hiera.FAMILY, hieradet.FAMILY,
+        volo.FAMILY, csatv2.FAMILY, mvitv2.FAMILY, hiera.FAMILY, hieradet.FAMILY,
         # Networks whose branches meet at different resolutions: one anchor at the input.
         byobnet.FAMILY, cspnet.FAMILY, dla.FAMILY, hrnet.FAMILY, densenet.FAMILY, dpn.FAMILY,
         vovnet.FAMILY, ghostnet.FAMILY, rexnet.FAMILY, senet.FAMILY, selecsls.FAMILY, xception_aligned.FAMILY,

@@ -47,7 +47,7 @@ class AnchoredNaFlexEmbeds(NaFlexEmbeds):
     that a circular shift of the image gives the same tokens, bit for bit.
     """
 
-    equivit_energy: str = "l1"
+    equivit_energy = "l1"  # no annotation: TorchScript cannot read a postponed one on a class
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
         """Prefix tokens, then the patch tokens of the anchored grid with position terms; and the grid's origins.

@@ -153,6 +153,7 @@ def convert_tnt(model: TNT, report: ConversionReport, energy: Energy) -> None:
     model.__class__ = EquivariantTNT
     model.equivit_energy = energy
     report.input_multiple = (int(patch[0]), int(patch[1]))
+    report.in_channels = int(model.pixel_embed.proj.in_channels)
     report.add("", "TNT", "EquivariantTNT (image anchored with period = patch, then the patch grid)")
 
 
