@@ -119,6 +119,12 @@ def convert_csatv2(model: CSATv2 | FeatureListNet, report: ConversionReport, ene
     stem = holder["stem_dct"] if isinstance(holder, FeatureListNet) else holder.stem_dct
     if type(stem) is not LearnableDct2d:
         raise UnsupportedModelError(f"stem_dct: {type(stem).__name__} is not timm's LearnableDct2d")
+    if isinstance(stem.permutation, list):
+        # timm indexes with a Python list, which copies it to the device on every call (a host copy
+        # per forward on a GPU); the same indices as a non-persistent buffer give the same values.
+        order = torch.tensor(stem.permutation, dtype=torch.long, device=stem.mean.device)
+        del stem.permutation
+        stem.register_buffer("permutation", order, persistent=False)
     anchored = anchored_entry(stem, BLOCK, energy=energy)
     if isinstance(holder, FeatureListNet):
         holder["stem_dct"] = anchored

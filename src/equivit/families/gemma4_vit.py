@@ -71,7 +71,10 @@ class AnchoredGemma4PatchEmbed(Gemma4PatchEmbed):
         grid, offsets = anchor(tokens.reshape(batch, rows, columns, -1), rows, columns, self.equivit_energy, True)
         coordinates, _ = self._default_patch_coord(batch, rows, columns, x.device)
         position_ids = coordinates.flip(dims=(-1,))
-        return grid.flatten(1, 2) + self._position_embeddings(position_ids, None), position_ids, offsets
+        # timm's one-hot product, as a lookup: the same rows of the table, without its host-side bound check.
+        table = self.position_embedding_table
+        positions = table[0][position_ids[0, :, 0]] + table[1][position_ids[0, :, 1]]
+        return grid.flatten(1, 2) + positions.to(grid.dtype), position_ids, offsets
 
 
 @equivariant_layer(period="grid", anchored_children=("rotary_emb", "blocks", "pooler"), fx="traced")
@@ -83,8 +86,9 @@ class EquivariantGemma4VitEncoder(Gemma4VitEncoder):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int, int, list[torch.Tensor]]:
         """Tokens after the blocks (anchored frame), coordinates, origins, grid size, and the tokens of ``take``."""
         self._assert_raw_img_conformant(x)
-        rows, columns = x.shape[-2] // self.patch_size[0], x.shape[-1] // self.patch_size[1]
-        x, position_ids, offsets = self.patch_embed(x)
+        images = x
+        x, position_ids, offsets = self.patch_embed(images)  # checks the images first (its pre-hook)
+        rows, columns = images.shape[-2] // self.patch_size[0], images.shape[-1] // self.patch_size[1]
         cos, sin = self.rotary_emb(x, position_ids)
         taken: list[torch.Tensor] = []
         for index, block in enumerate(self.blocks):  # no break: TorchScript unrolls loops over modules
