@@ -35,6 +35,7 @@ STOCK_DOES_NOT_SCRIPT = {
     "hiera_abswin",
     "naflexvit",
     "naflexvit_parfac",
+    "naflexvit_rope",
     "gemma4_vit",
 }
 FAMILIES = heavy([family for family in TINY if family not in STOCK_DOES_NOT_SCRIPT])

@@ -96,7 +96,9 @@ class AnchoredNaFlexEmbeds(NaFlexEmbeds):
         return self.pos_drop(x), offsets
 
 
-@equivariant_layer(period="grid", anchored_children=("blocks", "norm", "attn_pool", "fc_norm", "head"), fx="traced")
+@equivariant_layer(
+    period="grid", anchored_children=("rope", "blocks", "norm", "attn_pool", "fc_norm", "head"), fx="traced"
+)
 class EquivariantNaFlexVit(NaFlexVit):
     """timm's ``NaFlexVit`` whose blocks see the patch grid from an origin chosen by content (images only).
 
@@ -298,6 +300,12 @@ FAMILY = Family(
     examples={
         "naflexvit": Example(
             "naflexvit_base_patch16_gap", {"embed_dim": 64, "depth": 3, "num_heads": 2}, (64, 96), quick=False
+        ),
+        "naflexvit_rope": Example(
+            "naflexvit_base_patch16_gap",
+            {"embed_dim": 64, "depth": 3, "num_heads": 2, "rope_type": "mixed"},
+            (64, 96),
+            quick=False,
         ),
         "naflexvit_parfac": Example(
             "naflexvit_base_patch16_parfac_gap", {"embed_dim": 64, "depth": 3, "num_heads": 2}, (64, 64), quick=False
