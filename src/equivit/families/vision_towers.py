@@ -139,10 +139,7 @@ class AnchoredTower(nn.Module):
         Raises:
             ValueError: If ``output_fmt`` is another format.
         """
-        maps, final, _ = _intermediates(self, x, indices, norm, stop_early, output_fmt)
-        if intermediates_only:
-            return {"image_intermediates": maps} if output_dict else maps
-        return {"image_features": final, "image_intermediates": maps} if output_dict else (final, maps)
+        return _intermediates(self, x, indices, norm, stop_early, output_fmt, intermediates_only, output_dict, False)
 
 
 def _unprojected(final: torch.Tensor, offsets: torch.Tensor, global_pool: str) -> torch.Tensor:
@@ -153,15 +150,26 @@ def _unprojected(final: torch.Tensor, offsets: torch.Tensor, global_pool: str) -
 
 
 def _intermediates(
-    encoder: AnchoredTower, x: torch.Tensor, indices: int | list[int] | None, norm: bool, stop_early: bool, fmt: str
-) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
-    """An anchored tower's maps in ``fmt``, its final map in the image's frame and its encoder output."""
+    encoder: AnchoredTower,
+    x: torch.Tensor,
+    indices: int | list[int] | None,
+    norm: bool,
+    stop_early: bool,
+    fmt: str,
+    intermediates_only: bool,
+    output_dict: bool,
+    pooled: bool,
+) -> object:
+    """An anchored tower's maps in ``fmt`` and its final map (or, if ``pooled``, its output), as timm returns them."""
     if fmt not in ("NCHW", "NLC"):
         raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {fmt!r}")
     take, last = feature_take_indices(len(encoder.blocks), indices)
     final, offsets, maps = encoder._run(x, take, last if stop_early else -1, norm)
     maps = [m.permute(0, 3, 1, 2) if fmt == "NCHW" else m.flatten(1, 2) for m in maps]
-    return maps, roll_back(final, offsets, True), encoder._pooled(final, offsets)
+    if intermediates_only:
+        return {"image_intermediates": maps} if output_dict else maps
+    features = encoder._pooled(final, offsets) if pooled else roll_back(final, offsets, True)
+    return {"image_features": features, "image_intermediates": maps} if output_dict else (features, maps)
 
 
 class _AnchoredTowerClassifier(nn.Module):
@@ -178,7 +186,7 @@ class _AnchoredTowerClassifier(nn.Module):
         intermediates_only: bool = False,
         output_dict: bool = False,
     ) -> object:
-        """The encoder's maps in the image's frame, and its pre-classifier features, as timm's.
+        """As :meth:`AnchoredTower.forward_intermediates`, with the classifier's features (its encoder's output).
 
         Args:
             x: Images.
@@ -196,10 +204,8 @@ class _AnchoredTowerClassifier(nn.Module):
         Raises:
             ValueError: If ``output_fmt`` is another format.
         """
-        maps, _, features = _intermediates(self.encoder, x, indices, norm, stop_early, output_fmt)
-        if intermediates_only:
-            return {"image_intermediates": maps} if output_dict else maps
-        return {"image_features": features, "image_intermediates": maps} if output_dict else (features, maps)
+        encoder = self.encoder
+        return _intermediates(encoder, x, indices, norm, stop_early, output_fmt, intermediates_only, output_dict, True)
 
 
 @equivariant_layer(period="grid", anchored_children=("blocks", "rope", "merger"), fx="traced")
