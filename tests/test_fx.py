@@ -18,7 +18,7 @@ from equivit.fx import LEAF_MODULES, NOTRACE_FUNCTIONS, TRACED_MODULES, Equivari
 from equivit.layers import AnchoredBasicBlock
 from equivit.testing import assert_shift_equivariant, load_photos, perturb_weights_
 from helpers import FeatureMap
-from zoo import NODE_CONFIGS, Layout
+from zoo import NODE_CONFIGS, TINY, Layout, heavy, tiny_pair
 
 IDS = [f[0] for f in NODE_CONFIGS]
 
@@ -244,3 +244,31 @@ def test_fx_example_in_the_checkpoints_guide() -> None:
         "layers.1": (1, 16, 32, 192),
         "layers.3": (1, 4, 8, 768),
     }
+
+
+def _traced_output(model: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
+    """The output node of timm's feature extractor on ``model``, or None where FX cannot trace it."""
+    try:
+        _, nodes = get_graph_node_names(model)
+        graph = timm.models.create_feature_extractor(model, return_nodes=[nodes[-1]])
+        with torch.no_grad():
+            return next(iter(graph(x).values()))
+    except Exception:  # the stock model's FX failure, whatever it is, excuses the converted one
+        return None
+
+
+@pytest.mark.parametrize("example", heavy(list(TINY)))
+def test_every_example_traces_wherever_the_stock_model_does(example: str) -> None:
+    """timm's FX tools trace each converted model whose stock model they trace, to the same logits.
+
+    A converted class that keeps timm's ``forward`` calls the token-grid helpers from its own
+    methods; FX records them as calls (``equivit.fx.record_helper_calls``) instead of tracing
+    into their size checks.
+    """
+    stock, converted, images = tiny_pair(example)
+    if _traced_output(stock, images) is None:
+        pytest.skip("timm's FX tools do not trace the stock model either")
+    traced = _traced_output(converted, images)
+    assert traced is not None, f"{example}: the stock model traces, the converted one does not"
+    with torch.no_grad():
+        torch.testing.assert_close(traced, converted(images), rtol=0, atol=1e-5)

@@ -20,9 +20,10 @@ import copy
 import functools
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from types import ModuleType
 from typing import Any
 
-from timm.layers import register_notrace_function, register_notrace_module
+from timm.layers import is_notrace_function, register_notrace_function, register_notrace_module
 from timm.models._features_fx import FeatureGraphNet
 from timm.models._features_fx import create_feature_extractor as _timm_create_feature_extractor
 from torch import fx, nn
@@ -34,6 +35,13 @@ from equivit.layers.declare import declared_layers
 from equivit.polyphase import anchor_offsets, anchor_scores, polyphase_anchor, polyphase_energy
 from equivit.report import ConversionReport, InputSizeCheck
 from equivit.roll import roll_from_anchor, roll_to_anchor
+from equivit.token_grid import (
+    anchor_patch_tokens,
+    check_grid_size,
+    patch_token_map,
+    roll_back_map,
+    roll_back_patch_tokens,
+)
 
 __all__ = [
     "LEAF_MODULES",
@@ -41,6 +49,7 @@ __all__ = [
     "TRACED_MODULES",
     "EquivariantFeatureGraphNet",
     "create_feature_extractor",
+    "record_helper_calls",
     "register_fx_leaves",
 ]
 
@@ -66,8 +75,36 @@ NOTRACE_FUNCTIONS: tuple[Callable[..., Any], ...] = (
     polyphase_energy,
     roll_from_anchor,
     roll_to_anchor,
+    anchor_patch_tokens,
+    check_grid_size,
+    patch_token_map,
+    roll_back_map,
+    roll_back_patch_tokens,
 )
-"""Functions that FX records as one call each instead of tracing into them."""
+"""Functions that FX records as one call each instead of tracing into them (the token-grid helpers
+branch on map sizes, which FX sees as traced values)."""
+
+
+def record_helper_calls(module: ModuleType) -> None:
+    """Make FX record each call made by name inside ``module`` of a function it must not trace as one node.
+
+    Those are :data:`NOTRACE_FUNCTIONS` and the functions timm registered (its position-embedding
+    resampling, for example).
+
+    FX wraps a registered function only where it looks: in the globals of the traced root's
+    ``forward`` and of each called module's ``forward``. A family's converted class that keeps
+    timm's ``forward`` and calls the helpers from its own ``forward_features`` would be traced into
+    them (and fail on their size checks). ``torch.fx.wrap`` marks a name in a module's globals for
+    every trace; it must run at a module's top level, so it runs here as top-level code of
+    ``module`` (the helper's own globals are ``module``'s).
+
+    Args:
+        module: A module whose functions call the helpers by their names (a family file).
+    """
+    for name, value in list(module.__dict__.items()):
+        if callable(value) and (value in NOTRACE_FUNCTIONS or is_notrace_function(value)):
+            code = compile(f"__import__('torch').fx.wrap({name!r})", module.__name__, "exec")
+            exec(code, module.__dict__)  # top-level code of ``module``: what torch.fx.wrap requires
 
 
 def register_fx_leaves() -> None:

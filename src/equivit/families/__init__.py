@@ -8,6 +8,8 @@ from outside the package.
 
 from __future__ import annotations
 
+import sys
+
 from equivit.families import (
     beit,
     byobnet,
@@ -87,6 +89,7 @@ from equivit.families import (
     xception_aligned,
     xcit,
 )
+from equivit.fx import record_helper_calls
 from equivit.registry import Family, register_family
 
 __all__ = ["BUILT_IN"]
@@ -119,3 +122,9 @@ BUILT_IN: tuple[Family, ...] = tuple(
     )
 )  # fmt: skip
 """The families that ship with equivit, in the order they are listed."""
+
+# Converted classes call the token-grid helpers from their own methods under timm's ``forward``:
+# FX must record those calls as nodes in every family file (and in the shared stage loops).
+for _name, _module in list(sys.modules.items()):
+    if _name.startswith(f"{__name__}.") or _name == "equivit.token_grid":
+        record_helper_calls(_module)

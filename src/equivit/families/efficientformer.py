@@ -35,13 +35,12 @@ class EquivariantEfficientFormer(EfficientFormer):
     """
 
     def _rolled_back(self, x: torch.Tensor, offsets: torch.Tensor, height: int, width: int) -> torch.Tensor:
-        """A stage's output (a map, or the last stage's row-major tokens) in the image's frame.
+        """The last stage's row-major tokens in the image's frame.
 
         Every stage after the first halves the map, so the tokens of the last one lie on a grid
-        ``2 ** (stages - 1)`` times coarser than the stem's ``height x width`` map.
+        ``2 ** (stages - 1)`` times coarser than the stem's ``height x width`` map. (No branch on
+        ``x``'s shape: FX traces this, and timm's last stage always returns tokens.)
         """
-        if x.ndim == 4:
-            return roll_back_map(x, offsets, height, width)
         halvings = len(self.stages) - 1
         grid = x.reshape(x.shape[0], height >> halvings, width >> halvings, x.shape[-1]).permute(0, 3, 1, 2)
         return roll_back_map(grid, offsets, height, width).flatten(2).transpose(1, 2)
@@ -113,8 +112,8 @@ class EquivariantEfficientFormer(EfficientFormer):
         if intermediates_only:
             return maps
         if x.ndim == 3:
-            x = self.norm(x)
-        return self._rolled_back(x, offsets, height, width), maps
+            return self._rolled_back(self.norm(x), offsets, height, width), maps
+        return roll_back_map(x, offsets, height, width), maps
 
 
 FAMILY = Family(

@@ -33,7 +33,11 @@ __all__ = ["FAMILY", "AnchoredGemma4PatchEmbed", "EquivariantGemma4VitEncoder", 
 
 def _refuse_naflex_inputs(x: object, patch_coord: torch.Tensor | None, patch_valid: torch.Tensor | None) -> None:
     """Refuse pre-patchified inputs: their patches come with coordinates, not as an image to anchor."""
-    if isinstance(x, dict) or patch_coord is not None or patch_valid is not None:
+    # FX traces optional arguments as proxies: a traced graph is the image path.
+    given = [
+        other for other in (patch_coord, patch_valid) if other is not None and not isinstance(other, torch.fx.Proxy)
+    ]
+    if isinstance(x, dict) or given:
         raise ValueError(
             "a converted Gemma 4 vision tower takes images (B, C, H, W) only: pre-patchified batches "
             "(a dict, patch_coord, patch_valid) name patch positions in the image's frame, which the anchored "

@@ -29,7 +29,7 @@ __all__ = ["FAMILY", "EquivariantHiera", "convert_hiera"]
 
 def _refuse_mask(mask: torch.Tensor | None) -> None:
     """Refuse a mask of mask units: they name places in the image, the blocks see an anchored frame."""
-    if mask is not None:
+    if mask is not None and not isinstance(mask, torch.fx.Proxy):  # FX traces the argument: the unmasked path
         raise ValueError(
             "a converted Hiera takes no mask: mask units name places in the image's frame and the blocks see "
             "an anchored frame; run the stock model for masked pretraining"

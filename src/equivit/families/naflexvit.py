@@ -31,7 +31,9 @@ __all__ = ["FAMILY", "AnchoredNaFlexEmbeds", "EquivariantNaFlexVit", "convert_na
 
 def _refuse_naflex_inputs(x: object, *others: torch.Tensor | None) -> None:
     """Refuse pre-patchified NaFlex inputs: their patches come with coordinates, not as an image to anchor."""
-    if isinstance(x, dict) or any(other is not None for other in others):
+    # FX traces optional arguments as proxies: a traced graph is the image path.
+    given = [other for other in others if other is not None and not isinstance(other, torch.fx.Proxy)]
+    if isinstance(x, dict) or given:
         raise ValueError(
             "a converted NaFlexViT takes images (B, C, H, W) only: pre-patchified NaFlex batches (a dict, "
             "patch_coord, patch_valid, attn_mask) name patch positions in the image's frame, which the "

@@ -87,7 +87,8 @@ class EquivariantHybridVisionTransformer(VisionTransformer):
             - x: :math:`(B, C, H, W)`
             - output: :math:`(B, P + H W / s^2, D)`
         """
-        if attn_mask is not None or is_causal:
+        traced = isinstance(attn_mask, torch.fx.Proxy) or isinstance(is_causal, torch.fx.Proxy)  # FX: the plain path
+        if not traced and (attn_mask is not None or is_causal):
             raise ValueError("attention masks and causal attention tie tokens to positions; not supported here")
         x, offsets, height, width = self._anchored_tokens(x)
         for block in self.blocks:
