@@ -68,7 +68,7 @@ class EquivariantCoaT(CoaT):
             x = block1(x, size=(size[0], size[1]))
         xs, sizes = [x], [size]
         # Written out per scale: TorchScript cannot index a Python list of modules.
-        if stages > 1:
+        if stages > 1 and self.patch_embed2 is not None:  # None after timm's prune_intermediate_layers
             x = self.patch_embed2(_patch_map(x, size))
             size = [size[0] // self.patch_embed2.patch_size[0], size[1] // self.patch_embed2.patch_size[1]]
             x = torch.cat((self.cls_token2.expand(batch, -1, -1), x), dim=1)
@@ -76,7 +76,7 @@ class EquivariantCoaT(CoaT):
                 x = block2(x, size=(size[0], size[1]))
             xs.append(x)
             sizes.append(size)
-        if stages > 2:
+        if stages > 2 and self.patch_embed3 is not None:
             x = self.patch_embed3(_patch_map(x, size))
             size = [size[0] // self.patch_embed3.patch_size[0], size[1] // self.patch_embed3.patch_size[1]]
             x = torch.cat((self.cls_token3.expand(batch, -1, -1), x), dim=1)
@@ -84,7 +84,7 @@ class EquivariantCoaT(CoaT):
                 x = block3(x, size=(size[0], size[1]))
             xs.append(x)
             sizes.append(size)
-        if stages > 3:
+        if stages > 3 and self.patch_embed4 is not None:
             x = self.patch_embed4(_patch_map(x, size))
             size = [size[0] // self.patch_embed4.patch_size[0], size[1] // self.patch_embed4.patch_size[1]]
             x = torch.cat((self.cls_token4.expand(batch, -1, -1), x), dim=1)
@@ -145,6 +145,8 @@ class EquivariantCoaT(CoaT):
         if not torch.jit.is_scripting():  # noqa: SIM102 (TorchScript skips only this exact condition; a dict return)
             if self.return_interm_layers:
                 return self._interm_maps(xs, sizes, offsets)  # type: ignore[return-value]
+        if len(xs) < 4:  # pruned by timm's prune_intermediate_layers: the last scale's tokens, as timm returns them
+            return self._rolled_back(xs[-1], sizes[-1], offsets, grid, True)
         if self.parallel_blocks is None:
             return self._rolled_back(self.norm4(xs[3]), sizes[3], offsets, grid, True)
         return [
@@ -195,10 +197,9 @@ class EquivariantCoaT(CoaT):
             return maps
         if len(xs) < 4:
             return self._rolled_back(xs[-1], sizes[-1], offsets, grid, True), maps
-        finals = [self._rolled_back(norms[i](xs[i]), sizes[i], offsets, grid, True) for i in range(1, 4)]
-        if self.parallel_blocks is not None:
-            return finals, maps
-        return finals[2], maps
+        if self.parallel_blocks is None:  # CoaT-Lite: the last scale, normed (it has no norm2, norm3)
+            return self._rolled_back(self.norm4(xs[3]), sizes[3], offsets, grid, True), maps
+        return [self._rolled_back(norms[i](xs[i]), sizes[i], offsets, grid, True) for i in range(1, 4)], maps
 
 
 def convert_coat(model: CoaT, report: ConversionReport, energy: Energy) -> None:
