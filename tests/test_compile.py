@@ -106,8 +106,24 @@ def _aot_graphs(model: nn.Module, images: torch.Tensor, train: bool) -> list[tor
     return graphs
 
 
-@pytest.mark.parametrize("train", [False, True], ids=["inference", "training"])
-@pytest.mark.parametrize("family", per_policy(list(TINY)))
+# The backward graphs of one token and one CNN policy in the default run (each compile is 15-40 s
+# on two cores); every example's, for both passes, in the slow set.
+TRAINING_BY_DEFAULT = {"vit", "resnet"}
+
+
+def _cuda_graph_cases() -> list[object]:
+    """(example, train) for every example: inference as :func:`per_policy` marks it, training slow beyond a few."""
+    cases = []
+    for train in (False, True):
+        for case in per_policy(list(TINY)):
+            key = case if isinstance(case, str) else case.values[0]
+            slow = not isinstance(case, str) or (train and key not in TRAINING_BY_DEFAULT)
+            marks = [pytest.mark.slow] if slow else []
+            cases.append(pytest.param(key, train, marks=marks, id=f"{key}-{'training' if train else 'inference'}"))
+    return cases
+
+
+@pytest.mark.parametrize(("family", "train"), _cuda_graph_cases())
 def test_compiled_graphs_allow_cuda_graphs(family: str, train: bool) -> None:
     """No host read in the compiled graphs and nothing for which inductor would skip CUDA graphs."""
     _, converted, images = tiny_pair(family)
