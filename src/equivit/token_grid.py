@@ -48,6 +48,7 @@ __all__ = [
     "patch_token_map",
     "roll_back_map",
     "roll_back_patch_tokens",
+    "stage_block_indices",
 ]
 
 
@@ -184,6 +185,29 @@ def patch_token_map(
     if output_fmt == "NCHW":
         return patches.permute(0, 3, 1, 2).contiguous()
     return patches.reshape(batch, height * width, channels)
+
+
+def stage_block_indices(
+    stage_ends: list[int], blocks: int, indices: int | list[int] | None, coarse: bool = True
+) -> tuple[list[int], int]:
+    """The blocks to take and the last one to run, for indices over stages (``coarse``) or over blocks.
+
+    For models whose ``forward_intermediates`` counts stages but runs a flat list of blocks (Hiera,
+    HieraDet, VOLO): timm's ``feature_take_indices`` over the stages, mapped to each stage's last block.
+
+    Args:
+        stage_ends: The index of each stage's last block.
+        blocks: The number of blocks.
+        indices: The last ``n`` if an int, else the indices (``None``: all).
+        coarse: Whether ``indices`` count stages (True) or blocks (False).
+
+    Returns:
+        The block indices to take, and the last block to run.
+    """
+    if not coarse:
+        return feature_take_indices(blocks, indices)
+    take, last = feature_take_indices(len(stage_ends), indices)
+    return [stage_ends[i] for i in take], stage_ends[last]
 
 
 def roll_back_map(

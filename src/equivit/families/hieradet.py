@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import torch
 from timm.models import hieradet_sam2 as timm_hieradet
-from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint
 from timm.models.hieradet_sam2 import HieraDet
 
@@ -22,7 +21,7 @@ from equivit.energy import Energy
 from equivit.layers.declare import equivariant_layer
 from equivit.registry import Example, Family, module_types
 from equivit.report import ConversionReport, UnsupportedModelError
-from equivit.token_grid import roll_back_map
+from equivit.token_grid import roll_back_map, stage_block_indices
 
 __all__ = ["FAMILY", "EquivariantHieraDet", "convert_hieradet"]
 
@@ -91,12 +90,7 @@ class EquivariantHieraDet(HieraDet):
             raise ValueError("HieraDet has no norm for its feature maps: call with norm=False")
         if output_fmt not in ("NCHW", "NHWC"):
             raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
-        if coarse:
-            take, last = feature_take_indices(len(self.stage_ends), indices)
-            take = [self.stage_ends[i] for i in take]
-            last = self.stage_ends[last]
-        else:
-            take, last = feature_take_indices(len(self.blocks), indices)
+        take, last = stage_block_indices(self.stage_ends, len(self.blocks), indices, coarse)
         x, offsets = self._anchored_map(x)
         height, width = x.shape[1], x.shape[2]
         maps: list[torch.Tensor] = []

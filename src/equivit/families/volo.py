@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import torch
 from timm.models import volo as timm_volo
-from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint
 from timm.models.volo import VOLO
 from torch import nn
@@ -22,7 +21,7 @@ from equivit.energy import Energy
 from equivit.layers.declare import equivariant_layer
 from equivit.registry import Example, Family, module_types
 from equivit.report import ConversionReport, UnsupportedModelError
-from equivit.token_grid import roll_back_map
+from equivit.token_grid import roll_back_map, stage_block_indices
 
 __all__ = ["FAMILY", "EquivariantVOLO", "convert_volo"]
 
@@ -112,9 +111,7 @@ class EquivariantVOLO(VOLO):
         """
         if output_fmt != "NCHW":
             raise ValueError(f"output_fmt must be 'NCHW' for these feature maps, got {output_fmt!r}")
-        take, last = feature_take_indices(len(self.stage_ends), indices)
-        take = [self.stage_ends[i] for i in take]
-        last = self.stage_ends[last]
+        take, last = stage_block_indices(self.stage_ends, len(self.network), indices)
         x, offsets = self._anchored_map(x)
         height, width = x.shape[1], x.shape[2]
         maps: list[torch.Tensor] = []
