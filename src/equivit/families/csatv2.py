@@ -115,8 +115,7 @@ def convert_csatv2(model: CSATv2 | FeatureListNet, report: ConversionReport, ene
     Raises:
         UnsupportedModelError: If the stem is not timm's ``LearnableDct2d``.
     """
-    holder = model
-    stem = holder["stem_dct"] if isinstance(holder, FeatureListNet) else holder.stem_dct
+    stem = model["stem_dct"] if isinstance(model, FeatureListNet) else model.stem_dct
     if type(stem) is not LearnableDct2d:
         raise UnsupportedModelError(f"stem_dct: {type(stem).__name__} is not timm's LearnableDct2d")
     if isinstance(stem.permutation, list):
@@ -126,10 +125,10 @@ def convert_csatv2(model: CSATv2 | FeatureListNet, report: ConversionReport, ene
         del stem.permutation
         stem.register_buffer("permutation", order, persistent=False)
     anchored = anchored_entry(stem, BLOCK, energy=energy)
-    if isinstance(holder, FeatureListNet):
-        holder["stem_dct"] = anchored
+    if isinstance(model, FeatureListNet):
+        model["stem_dct"] = anchored
     else:
-        holder.stem_dct = anchored
+        model.stem_dct = anchored
     report.add(
         "stem_dct",
         "LearnableDct2d",
