@@ -53,6 +53,7 @@ from equivit.families import (
     maxxvit,
     metaformer,
     mlp_mixer,
+    mobilenetv5,
     mvitv2,
     naflexvit,
     nest,
@@ -118,7 +119,7 @@ BUILT_IN: tuple[Family, ...] = tuple(
         vgg.FAMILY,
         # Mobile and hybrid networks without position terms: one anchor at the input.
         fastvit.FAMILY, repvit.FAMILY, efficientvit_mit.FAMILY, swiftformer.FAMILY, focalnet.FAMILY, shvit.FAMILY,
-        iformer.FAMILY, efficientvim.FAMILY,
+        iformer.FAMILY, efficientvim.FAMILY, mobilenetv5.FAMILY,
     )
 )  # fmt: skip
 """The families that ship with equivit, in the order they are listed."""

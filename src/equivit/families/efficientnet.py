@@ -8,11 +8,14 @@ Squeeze-excitation pools over the whole grid and is kept.
 
 from __future__ import annotations
 
+import math
+
+from timm.layers import attention2d
 from timm.models import _efficientnet_blocks as blocks
 from timm.models import efficientnet, mobilenetv3
 from torch import nn
 
-from equivit.cnn_policy import convert_convolutions
+from equivit.cnn_policy import convert_convolutions, convert_sequence
 from equivit.energy import Energy
 from equivit.registry import Example, Family, types_named
 from equivit.report import ConversionReport
@@ -20,20 +23,62 @@ from equivit.report import ConversionReport
 __all__ = ["EFFICIENTNET", "MOBILENETV3", "convert_efficientnet"]
 
 _BLOCKS = types_named(
-    blocks, "ConvBnAct", "DepthwiseSeparableConv", "InvertedResidual", "UniversalInvertedResidual", "EdgeResidual"
+    blocks,
+    "ConvBnAct",
+    "DepthwiseSeparableConv",
+    "InvertedResidual",
+    "UniversalInvertedResidual",
+    "EdgeResidual",
+    "MobileAttention",
 )
 
+def query_stride_problem(attention: nn.Module) -> str | None:
+    """Why a ``MultiQueryAttention2d`` is not equivariant, or None: strided queries are upsampled bilinearly.
+
+    Keys and values may be strided (their depthwise convolutions are anchored, and attention over
+    the set of keys does not depend on their order); strided queries are pooled and then upsampled
+    with edge clamping, which is not a circular operation.
+    """
+    if getattr(attention, "has_query_strides", False):
+        return "strided queries (average pooled, then upsampled bilinearly with clamped edges)"
+    return None
+
+
 _CONDCONV = "CondConv2d (per-sample mixtures of kernels) pads with zeros; it is not converted yet"
+
+
+def anchor_keys_and_values(model: nn.Module, report: ConversionReport, energy: Energy) -> int:
+    """Anchor the strided key/value convolutions of every ``MultiQueryAttention2d`` in ``model``.
+
+    They branch off the main path, so they are converted here, before the chain of strides is
+    counted: their maps are at the block's reduction times ``kv_stride``, which may exceed the
+    network's last reduction. Keys and values see the same input, so their anchors agree, and
+    attention over the set of keys does not depend on their order.
+
+    Returns:
+        The reduction of the most reduced key/value map (1 when there is none).
+    """
+    multiple, reduction = 1, 1
+    for name, module in list(model.named_modules()):
+        if isinstance(module, attention2d.MultiQueryAttention2d):
+            for branch in ("key", "value"):
+                if hasattr(getattr(module, branch), "down_conv"):
+                    convert_sequence(getattr(module, branch), "down_conv", f"{name}.{branch}.", report, energy)
+            multiple = max(multiple, reduction * module.kv_stride)
+        elif isinstance(module, nn.Conv2d) and ".key." not in name and ".value." not in name:
+            reduction *= int(module.stride[0])
+    return multiple
 
 
 def convert_efficientnet(model: nn.Module, report: ConversionReport, energy: Energy) -> None:
     """Make a timm EfficientNet or MobileNetV3 (or its ``features_only`` model) shift-equivariant, in place.
 
     The stem and every strided block convolution (depthwise ``conv_dw``, ``conv_exp`` of edge
-    residuals, the ``dw_start`` / ``dw_mid`` of MobileNetV4's universal blocks) become
+    residuals, the ``dw_start`` / ``dw_mid`` of MobileNetV4's universal blocks, the strided keys
+    and values of MobileNetV4's multi-query attention) become
     :class:`~equivit.layers.AnchoredConv2d` (period = stride, circular padding); every other padded
     convolution pads circularly. No parameter is added or renamed. ``report.input_multiple`` is the
-    product of the strides (32).
+    network's total stride (32), or the reduction of a key/value map where that is larger.
 
     Args:
         model: The model, changed in place.
@@ -44,7 +89,10 @@ def convert_efficientnet(model: nn.Module, report: ConversionReport, energy: Ene
         UnsupportedModelError: For a convolution that cannot be converted (dynamic "same"
             padding), naming it.
     """
-    stride = convert_convolutions(model, report, energy)
+    if any(isinstance(module, attention2d.MultiQueryAttention2d) for module in model.modules()):
+        report.empty_batch_ok = False  # timm's multi-query attention reshapes with -1
+    key_value = anchor_keys_and_values(model, report, energy)
+    stride = math.lcm(convert_convolutions(model, report, energy), key_value)
     report.input_multiple = (stride, stride)
 
 
@@ -79,16 +127,14 @@ MOBILENETV3 = Family(
     model_classes=(mobilenetv3.MobileNetV3, mobilenetv3.MobileNetV3Features),
     convert=convert_efficientnet,
     entry="conv_stem",
-    accepted=(mobilenetv3.MobileNetV3, mobilenetv3.MobileNetV3Features, *_BLOCKS),
+    accepted=(mobilenetv3.MobileNetV3, mobilenetv3.MobileNetV3Features, attention2d.Attention2d, *_BLOCKS),
+    checks={attention2d.MultiQueryAttention2d: query_stride_problem},
     timm_modules=("mobilenetv3", "hardcorenas"),
-    excluded={
-        "mobilenetv4_hybrid_*": (
-            "MobileAttention (multi-query attention with strided keys and queries) is not converted yet"
-        ),
-    },
     empty_batch_ok=True,
     examples={
         "mobilenetv3_tf": Example("tf_mobilenetv3_small_minimal_100", {}, (64, 64)),  # TensorFlow "same" padding
         "mobilenetv4": Example("mobilenetv4_conv_small_035", {}, (64, 96)),  # universal inverted residuals
+        # Multi-query attention with strided keys and values (anchored on the block's input).
+        "mobilenetv4_hybrid": Example("mobilenetv4_hybrid_medium", {}, (64, 96), quick=False),
     },
 )
