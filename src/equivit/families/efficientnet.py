@@ -32,6 +32,7 @@ _BLOCKS = types_named(
     "MobileAttention",
 )
 
+
 def query_stride_problem(attention: nn.Module) -> str | None:
     """Why a ``MultiQueryAttention2d`` is not equivariant, or None: strided queries are upsampled bilinearly.
 

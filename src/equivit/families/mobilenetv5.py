@@ -132,9 +132,9 @@ def convert_mobilenetv5(model: nn.Module, report: ConversionReport, energy: Ener
     if adapter is not None:
         fusion = _fusion_multiple(adapter)
         multiple = (math.lcm(period, fusion[0]), math.lcm(period, fusion[1]))
+        report.add("msfa", type(adapter).__name__, "EquivariantMultiScaleFusionAdapter (pools on its anchor)")
         adapter.__class__ = EquivariantMultiScaleFusionAdapter
         adapter.equivit_energy = energy
-        report.add("msfa", "MobileNetV5MultiScaleFusionAdapter", "EquivariantMultiScaleFusionAdapter (anchored pooling)")
     report.input_multiple = multiple
 
 

@@ -13,6 +13,9 @@ parameter is added or renamed.
 
 from __future__ import annotations
 
+from types import ModuleType
+from typing import Any
+
 import torch
 from timm.models import deepseek_vit as timm_deepseek
 from timm.models import qwen3_vit as timm_qwen3
@@ -38,6 +41,8 @@ __all__ = [
     "EquivariantDeepseekVitEncoder",
     "EquivariantQwen3VitClassifier",
     "EquivariantQwen3VitEncoder",
+    "checkpoint_filter_fn_classifier",
+    "checkpoint_filter_fn_encoder",
     "convert_vision_tower",
 ]
 
@@ -120,7 +125,7 @@ class AnchoredTower(nn.Module):
         output_fmt: str = "NCHW",
         intermediates_only: bool = False,
         output_dict: bool = False,
-    ) -> object:
+    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]] | dict[str, Any]:
         """The blocks' maps in the image's frame, as timm's ``forward_intermediates``.
 
         Args:
@@ -139,7 +144,29 @@ class AnchoredTower(nn.Module):
         Raises:
             ValueError: If ``output_fmt`` is another format.
         """
-        return _intermediates(self, x, indices, norm, stop_early, output_fmt, intermediates_only, output_dict, False)
+        return self._intermediates(x, indices, norm, stop_early, output_fmt, intermediates_only, output_dict, False)
+
+    def _intermediates(
+        self,
+        x: torch.Tensor,
+        indices: int | list[int] | None,
+        norm: bool,
+        stop_early: bool,
+        fmt: str,
+        intermediates_only: bool,
+        output_dict: bool,
+        pooled: bool,
+    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]] | dict[str, Any]:
+        """The maps in ``fmt`` and the final map (or, if ``pooled``, the output), as timm returns them."""
+        if fmt not in ("NCHW", "NLC"):
+            raise ValueError("output_fmt must be 'NCHW' or 'NLC', got '" + fmt + "'")
+        take, last = feature_take_indices(len(self.blocks), indices)
+        final, offsets, maps = self._run(x, take, last if stop_early else -1, norm)
+        maps = [m.permute(0, 3, 1, 2) if fmt == "NCHW" else m.flatten(1, 2) for m in maps]
+        if intermediates_only:
+            return {"image_intermediates": maps} if output_dict else maps
+        features = self._pooled(final, offsets) if pooled else roll_back(final, offsets, True)
+        return {"image_features": features, "image_intermediates": maps} if output_dict else (features, maps)
 
 
 def _unprojected(final: torch.Tensor, offsets: torch.Tensor, global_pool: str) -> torch.Tensor:
@@ -147,29 +174,6 @@ def _unprojected(final: torch.Tensor, offsets: torch.Tensor, global_pool: str) -
     if global_pool == "avg":
         return final.mean(dim=(1, 2))
     return roll_back(final, offsets, True)
-
-
-def _intermediates(
-    encoder: AnchoredTower,
-    x: torch.Tensor,
-    indices: int | list[int] | None,
-    norm: bool,
-    stop_early: bool,
-    fmt: str,
-    intermediates_only: bool,
-    output_dict: bool,
-    pooled: bool,
-) -> object:
-    """An anchored tower's maps in ``fmt`` and its final map (or, if ``pooled``, its output), as timm returns them."""
-    if fmt not in ("NCHW", "NLC"):
-        raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {fmt!r}")
-    take, last = feature_take_indices(len(encoder.blocks), indices)
-    final, offsets, maps = encoder._run(x, take, last if stop_early else -1, norm)
-    maps = [m.permute(0, 3, 1, 2) if fmt == "NCHW" else m.flatten(1, 2) for m in maps]
-    if intermediates_only:
-        return {"image_intermediates": maps} if output_dict else maps
-    features = encoder._pooled(final, offsets) if pooled else roll_back(final, offsets, True)
-    return {"image_features": features, "image_intermediates": maps} if output_dict else (features, maps)
 
 
 class _AnchoredTowerClassifier(nn.Module):
@@ -185,7 +189,7 @@ class _AnchoredTowerClassifier(nn.Module):
         output_fmt: str = "NCHW",
         intermediates_only: bool = False,
         output_dict: bool = False,
-    ) -> object:
+    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]] | dict[str, Any]:
         """As :meth:`AnchoredTower.forward_intermediates`, with the classifier's features (its encoder's output).
 
         Args:
@@ -204,8 +208,9 @@ class _AnchoredTowerClassifier(nn.Module):
         Raises:
             ValueError: If ``output_fmt`` is another format.
         """
-        encoder = self.encoder
-        return _intermediates(encoder, x, indices, norm, stop_early, output_fmt, intermediates_only, output_dict, True)
+        return self.encoder._intermediates(
+            x, indices, norm, stop_early, output_fmt, intermediates_only, output_dict, True
+        )
 
 
 @equivariant_layer(period="grid", anchored_children=("blocks", "rope", "merger"), fx="traced")
@@ -242,6 +247,26 @@ class EquivariantQwen3VitClassifier(_AnchoredTowerClassifier, Qwen3VitClassifier
 @equivariant_layer(period="grid", anchored_children=("encoder", "norm", "head"), fx="traced")
 class EquivariantDeepseekVitClassifier(_AnchoredTowerClassifier, DeepseekVitClassifier):
     """timm's ``DeepseekVitClassifier`` around an :class:`EquivariantDeepseekVitEncoder`."""
+
+
+def _timm_module(model: nn.Module) -> ModuleType:
+    """The timm module of a Qwen3 or DeepSeek tower (converted or not), where its checkpoint filters are."""
+    deepseek = isinstance(model, DeepseekVitEncoder | DeepseekVitClassifier)
+    return timm_deepseek if deepseek else timm_qwen3
+
+
+def checkpoint_filter_fn_classifier(state_dict: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """The ``checkpoint_filter_fn_classifier`` of the model's timm tower (conversion keeps its keys).
+
+    Here so that code which looks the filter up in the module of the model's class (as timm's own
+    tests do) finds it for a converted model.
+    """
+    return _timm_module(model).checkpoint_filter_fn_classifier(state_dict, model)
+
+
+def checkpoint_filter_fn_encoder(state_dict: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """The ``checkpoint_filter_fn_encoder`` of the model's timm tower, as :func:`checkpoint_filter_fn_classifier`."""
+    return _timm_module(model).checkpoint_filter_fn_encoder(state_dict, model)
 
 
 _CONVERTED: dict[type[nn.Module], type[nn.Module]] = {
