@@ -16,6 +16,7 @@ The table goes into docs/convert.md between the ``census`` markers (``--write``)
 
     python benchmarks/census.py --write            # every module, about 10 minutes on 2 CPU cores
     python benchmarks/census.py --modules dla hrnet
+    python benchmarks/census.py --update --modules dla   # rerun these rows, keep the others
 """
 
 from __future__ import annotations
@@ -195,11 +196,29 @@ def write(text: str, path: Path = DOCS) -> None:
     path.write_text(pattern.sub(lambda _: f"{START}\n{text}\n{END}", page))
 
 
+def rows_in_docs(path: Path = DOCS) -> list[Row]:
+    """The rows of the census table now in ``path`` (for ``--update``: rerun some modules, keep the rest)."""
+    page = path.read_text()
+    block = page[page.index(START) : page.index(END)]
+    rows = []
+    for line in block.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if len(cells) != 8 or cells[0] in ("timm module", "---"):
+            continue
+        module, family, names, model, size, stock, converted, status = cells
+        converts, total = (int(n) for n in names.split("/"))
+        rows.append(Row(module, family, model, converts, total, status, int(size) if size else 0, stock, converted))
+    return rows
+
+
 def main() -> None:
     """Run the census over the modules asked for (default: all of timm's)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--modules", nargs="*", help="timm model modules (default: all)")
     parser.add_argument("--write", action="store_true", help=f"write the table into {DOCS.name}")
+    parser.add_argument(
+        "--update", action="store_true", help=f"rerun --modules only and write them into the table of {DOCS.name}"
+    )
     args = parser.parse_args()
     torch.manual_seed(0)
     modules = args.modules or sorted(timm.list_modules())
@@ -211,9 +230,13 @@ def main() -> None:
             row = Row(module, "", "", 0, len(timm.list_models(module=module)), f"error: {type(error).__name__}")
         rows.append(row)
         print(f"{row.module:28s} {row.status[:90]:90s} {row.converted:14s} {row.seconds:5.1f} s", flush=True)
+    if args.update:
+        fresh = {row.module: row for row in rows}
+        kept = [row for row in rows_in_docs() if row.module not in fresh]
+        rows = sorted([*kept, *fresh.values()], key=lambda row: row.module)
     text = table(rows)
     print(text)
-    if args.write:
+    if args.write or args.update:
         write(text)
 
 

@@ -10,17 +10,27 @@ from __future__ import annotations
 
 import math
 
+import torch
 from timm.layers import attention2d
 from timm.models import _efficientnet_blocks as blocks
 from timm.models import efficientnet, mobilenetv3
 from torch import nn
 
+from equivit.anchor_core import anchor, roll_back
 from equivit.cnn_policy import convert_convolutions, convert_sequence
 from equivit.energy import Energy
+from equivit.layers.declare import equivariant_layer
+from equivit.layers.sharing import parent_method
 from equivit.registry import Example, Family, types_named
-from equivit.report import ConversionReport
+from equivit.report import ConversionReport, UnsupportedModelError
 
-__all__ = ["EFFICIENTNET", "MOBILENETV3", "convert_efficientnet"]
+__all__ = [
+    "EFFICIENTNET",
+    "MOBILENETV3",
+    "GridAnchoredMultiQueryAttention2d",
+    "anchor_attention",
+    "convert_efficientnet",
+]
 
 _BLOCKS = types_named(
     blocks,
@@ -33,38 +43,69 @@ _BLOCKS = types_named(
 )
 
 
-def query_stride_problem(attention: nn.Module) -> str | None:
-    """Why a ``MultiQueryAttention2d`` is not equivariant, or None: strided queries are upsampled bilinearly.
-
-    Keys and values may be strided (their depthwise convolutions are anchored, and attention over
-    the set of keys does not depend on their order); strided queries are pooled and then upsampled
-    with edge clamping, which is not a circular operation.
-    """
-    if getattr(attention, "has_query_strides", False):
-        return "strided queries (average pooled, then upsampled bilinearly with clamped edges)"
-    return None
-
-
 _CONDCONV = "CondConv2d (per-sample mixtures of kernels) pads with zeros; it is not converted yet"
 
 
-def anchor_keys_and_values(model: nn.Module, report: ConversionReport, energy: Energy) -> int:
-    """Anchor the strided key/value convolutions of every ``MultiQueryAttention2d`` in ``model``.
+@equivariant_layer(period="grid", anchored_children=("query", "key", "value", "output"))
+class GridAnchoredMultiQueryAttention2d(attention2d.MultiQueryAttention2d):
+    """timm's ``MultiQueryAttention2d`` run on its input rolled to the anchor with period = the grid.
 
-    They branch off the main path, so they are converted here, before the chain of strides is
-    counted: their maps are at the block's reduction times ``kv_stride``, which may exceed the
-    network's last reduction. Keys and values see the same input, so their anchors agree, and
-    attention over the set of keys does not depend on their order.
+    Attention over the whole grid has no position terms, so it is equivariant as timm wrote it;
+    but a rolled grid sums its keys in another order, which rounds differently, and in float16
+    the difference grows through the layers after it. Anchored with period = the grid, every
+    shift of the input gives the attention the same tokens in the same order; its output is rolled
+    back. The strided keys and values (anchored depthwise convolutions, period = stride) run on
+    the anchored map too. Strided queries are refused (timm upsamples them bilinearly with clamped
+    edges).
+
+    Shape:
+        - x: :math:`(B, C, H, W)`, ``H`` and ``W`` multiples of ``kv_stride``
+        - output: :math:`(B, C_{out}, H, W)`
+    """
+
+    equivit_energy = "l1"
+    _stock_forward = parent_method(attention2d.MultiQueryAttention2d.forward, "_stock_forward")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Anchor the grid, attend, roll the output back.
+
+        Args:
+            x: Feature maps.
+
+        Returns:
+            The attention's output in the input's frame.
+        """
+        anchored, offsets = anchor(x, x.shape[-2], x.shape[-1], self.equivit_energy, False)
+        return roll_back(self._stock_forward(anchored), offsets, False)
+
+
+def anchor_attention(model: nn.Module, report: ConversionReport, energy: Energy) -> int:
+    """Convert every ``MultiQueryAttention2d`` in ``model`` to a :class:`GridAnchoredMultiQueryAttention2d`.
+
+    Its strided key/value convolutions are anchored first (period = stride): they branch off the
+    main path, so they are converted here, before the chain of strides is counted; their maps are
+    at the block's reduction times ``kv_stride``, which may exceed the network's last reduction.
 
     Returns:
         The reduction of the most reduced key/value map (1 when there is none).
+
+    Raises:
+        UnsupportedModelError: For attention with strided queries.
     """
     multiple, reduction = 1, 1
     for name, module in list(model.named_modules()):
         if isinstance(module, attention2d.MultiQueryAttention2d):
+            if module.has_query_strides:
+                raise UnsupportedModelError(
+                    f"{name}: strided queries (average pooled, then upsampled bilinearly with clamped edges) are "
+                    "not supported"
+                )
             for branch in ("key", "value"):
                 if hasattr(getattr(module, branch), "down_conv"):
                     convert_sequence(getattr(module, branch), "down_conv", f"{name}.{branch}.", report, energy)
+            module.__class__ = GridAnchoredMultiQueryAttention2d
+            module.equivit_energy = energy
+            report.add(name, "MultiQueryAttention2d", "GridAnchoredMultiQueryAttention2d (period = the grid)")
             multiple = max(multiple, reduction * module.kv_stride)
         elif isinstance(module, nn.Conv2d) and ".key." not in name and ".value." not in name:
             reduction *= int(module.stride[0])
@@ -92,7 +133,7 @@ def convert_efficientnet(model: nn.Module, report: ConversionReport, energy: Ene
     """
     if any(isinstance(module, attention2d.MultiQueryAttention2d) for module in model.modules()):
         report.empty_batch_ok = False  # timm's multi-query attention reshapes with -1
-    key_value = anchor_keys_and_values(model, report, energy)
+    key_value = anchor_attention(model, report, energy)
     stride = math.lcm(convert_convolutions(model, report, energy), key_value)
     report.input_multiple = (stride, stride)
 
@@ -129,7 +170,6 @@ MOBILENETV3 = Family(
     convert=convert_efficientnet,
     entry="conv_stem",
     accepted=(mobilenetv3.MobileNetV3, mobilenetv3.MobileNetV3Features, attention2d.Attention2d, *_BLOCKS),
-    checks={attention2d.MultiQueryAttention2d: query_stride_problem},
     timm_modules=("mobilenetv3", "hardcorenas"),
     empty_batch_ok=True,
     examples={

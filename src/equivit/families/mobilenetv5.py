@@ -29,7 +29,7 @@ from torch import nn
 from equivit.anchor_core import anchor
 from equivit.cnn_policy import anchor_network_input, convert_convolutions, total_stride
 from equivit.energy import Energy
-from equivit.families.efficientnet import anchor_keys_and_values, query_stride_problem
+from equivit.families.efficientnet import anchor_attention
 from equivit.registry import Example, Family, types_named
 from equivit.report import ConversionReport, UnsupportedModelError
 
@@ -124,7 +124,7 @@ def convert_mobilenetv5(model: nn.Module, report: ConversionReport, energy: Ener
     if any(isinstance(module, attention2d.MultiQueryAttention2d) for module in model.modules()):
         report.empty_batch_ok = False  # timm's multi-query attention reshapes with -1
     period = total_stride(model)
-    anchor_keys_and_values(model, report, energy)
+    anchor_attention(model, report, energy)
     convert_convolutions(model, report, energy)
     anchor_network_input(model, report, energy, "conv_stem", period)
     multiple = (period, period)
@@ -151,7 +151,6 @@ FAMILY = Family(
         attention2d.Attention2d,
         *types_named(blocks, "UniversalInvertedResidual", "EdgeResidual", "MobileAttention", "ConvBnAct"),
     ),
-    checks={attention2d.MultiQueryAttention2d: query_stride_problem},
     timm_modules=("mobilenetv5",),
     empty_batch_ok=True,
     examples={
