@@ -28,6 +28,16 @@ def test_check_prints_stock_and_converted(capsys: pytest.CaptureFixture[str]) ->
         assert header in out
 
 
+def test_adversarial_adds_the_worst_case_columns(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check", "vit_tiny_patch16_224", *SMALL, "--adversarial", "1"]) == 0
+    out = capsys.readouterr().out
+    for header in ("every circular <= 1 px", "every crop <= 1 px", "every fractional <= 1 px"):
+        assert header in out
+    converted = next(line for line in out.splitlines() if line.startswith("vit_tiny_patch16_224  equivit"))
+    # Random shifts (one per image) and then every shift within 1 px: the converted model holds all of them.
+    assert converted.count("16/16 (100.0 %)") == 2
+
+
 def test_header_names_the_weights_and_speed_shows_its_range(capsys: pytest.CaptureFixture[str]) -> None:
     argv = ["check", "vit_tiny_patch16_224", "--img-size", "64", "--shifts", "1", "--batch", "2", "--no-progress"]
     assert main([*argv, "--repeats", "3"]) == 0
@@ -61,6 +71,7 @@ def test_check_loads_a_local_checkpoint(tmp_path, capsys: pytest.CaptureFixture[
         (["check", "resnet18", "--img-size", "200"], "--img-size 200 200 is not a multiple of 32 x 32"),
         (["check", "vit_tiny_patch16_224", "twins_svt_small", "--checkpoint", "x.pth"], "exactly one MODEL"),
         (["check", "--img-size", "1", "2", "3"], "H or H W"),
+        (["check", "--adversarial", "-1"], "--adversarial takes a radius"),
         (["check", "vit_tiny_patch16_224", "--checkpoint", "/no/such/file.pth"], "no/such/file"),
     ],
 )

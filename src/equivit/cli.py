@@ -3,12 +3,15 @@
     equivit check                                   # a ViT and a Twins on real photos
     equivit check twins_svt_small --img-size 224 448
     equivit check vit_small_patch16_224 --checkpoint vit_small.safetensors
+    equivit check vit_tiny_patch16_224 --adversarial 4   # and the worst case within 4 pixels
     equivit check --list
 
 For every model it prints, for the stock and the converted model: the share of images whose top-1
 class survives random circular shifts, the same for crop shifts (two crops of a larger photo), the
 largest logit change under the circular shifts, and the converted model's forward throughput
-relative to the stock one. The exit status is 0 when every converted model kept every top-1
+relative to the stock one; with ``--adversarial R``, the share of images whose top-1 holds for
+every circular, crop and half-pixel shift within ``R`` pixels (:mod:`equivit.testing.adversarial`).
+The exit status is 0 when every converted model kept every top-1
 class under circular shifts, 1 when one did not, 2 on a usage error or an unsupported model.
 """
 
@@ -42,6 +45,7 @@ class CheckRow:
     max_logit_change: float
     speed: str
     consistent: bool
+    worst_case: tuple[str, ...] = ()
 
 
 def _progress(steps: Sequence[str], enabled: bool, label: str) -> Iterator[str]:
@@ -122,6 +126,7 @@ def check_model(
     device: torch.device,
     checkpoint: str | None,
     progress: bool,
+    adversarial: int = 0,
 ) -> list[CheckRow]:
     """Measure one model, stock and converted, on the scikit-image photos.
 
@@ -130,8 +135,9 @@ def check_model(
         RuntimeError: If timm does not know the model.
     """
     from equivit.testing import crop_consistency, load_photos, shift_consistency
+    from equivit.testing.adversarial import SHIFT_KINDS, worst_case_consistency
 
-    steps = ["build", "circular shifts", "crop shifts", "speed"]
+    steps = ["build", "circular shifts", "crop shifts", *(["worst-case shifts"] if adversarial else []), "speed"]
     rows: dict[str, dict[str, object]] = {"stock": {}, "equivit": {}}
     models: dict[str, nn.Module] = {}
     for step in _progress(steps, progress, name):
@@ -148,6 +154,15 @@ def check_model(
         elif step == "crop shifts":
             for variant, model in models.items():
                 rows[variant]["crop"] = crop_consistency(model, larger, size, crops_per_image=shifts, seed=seed)
+        elif step == "worst-case shifts":
+            margin = load_photos((size[0] + 2 * adversarial, size[1] + 2 * adversarial)).to(device)
+            for variant, model in models.items():
+                rows[variant]["worst_case"] = tuple(
+                    worst_case_consistency(
+                        model, margin if kind == "crop" else photos, adversarial, kind=kind, crop_size=size
+                    )
+                    for kind in SHIFT_KINDS
+                )
         else:
             ratio, low, high = _throughput_ratio(models["stock"], models["equivit"], size, batch, repeats, device)
             spread = f" ({low:.2f}-{high:.2f})" if repeats > 1 else ""
@@ -160,7 +175,12 @@ def check_model(
             crop=_fraction(values["crop"]),
             max_logit_change=values["circular"].max_logit_change,  # type: ignore[attr-defined]
             speed=str(values["speed"]),
-            consistent=values["circular"].fraction == 1.0,  # type: ignore[attr-defined]
+            consistent=values["circular"].fraction == 1.0  # type: ignore[attr-defined]
+            and all(r.robust_fraction() == 1.0 for r in values.get("worst_case", ())[:1]),  # type: ignore[attr-defined]
+            worst_case=tuple(
+                f"{r.robust()}/{r.total} ({100 * r.robust_fraction():.1f} %)"  # type: ignore[attr-defined]
+                for r in values.get("worst_case", ())  # type: ignore[attr-defined]
+            ),
         )
         for variant, values in rows.items()
     ]
@@ -170,13 +190,15 @@ def _fraction(result: object) -> str:
     return f"{result.consistent}/{result.total} ({100 * result.fraction:.1f} %)"  # type: ignore[attr-defined]
 
 
-def format_table(rows: Sequence[CheckRow]) -> str:
-    """The rows as an aligned text table."""
-    header = ("model", "variant", "circular shift", "crop shift", "max logit change", "speed vs stock")
-    cells = [header] + [
-        (row.model, row.variant, row.circular, row.crop, f"{row.max_logit_change:.2g}", row.speed) for row in rows
+def format_table(rows: Sequence[CheckRow], radius: int = 0) -> str:
+    """The rows as an aligned text table (with the worst-case columns when ``radius`` > 0)."""
+    header: tuple[str, ...] = ("model", "variant", "circular shift", "crop shift", "max logit change", "speed vs stock")
+    worst = tuple(f"every {kind} <= {radius} px" for kind in ("circular", "crop", "fractional")) if radius else ()
+    cells = [header + worst] + [
+        (row.model, row.variant, row.circular, row.crop, f"{row.max_logit_change:.2g}", row.speed, *row.worst_case)
+        for row in rows
     ]
-    widths = [max(len(line[column]) for line in cells) for column in range(len(header))]
+    widths = [max(len(line[column]) for line in cells) for column in range(len(cells[0]))]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)) for line in cells]
     lines.insert(1, "  ".join("-" * width for width in widths))
     return "\n".join(lines)
@@ -213,6 +235,13 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--shifts", type=int, default=2, help="shifted copies (and crop pairs) per image (default 2)")
     check.add_argument("--max-shift", type=int, default=None, help="largest circular shift per axis (default: any)")
     check.add_argument("--crop-margin", type=int, default=32, help="crops are taken from photos this much larger")
+    check.add_argument(
+        "--adversarial",
+        type=int,
+        default=0,
+        metavar="R",
+        help="also the share of images whose top-1 holds for EVERY circular, crop and half-pixel shift within R px",
+    )
     check.add_argument("--batch", type=int, default=16, help="batch size of the speed measurement (default 16)")
     check.add_argument("--repeats", type=int, default=5, help="timed forward passes per model (default 5)")
     check.add_argument("--seed", type=int, default=0, help="seed of the weights, shifts and crops (default 0)")
@@ -231,6 +260,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.list:
         print(_list_supported())
         return 0
+    if args.adversarial < 0:
+        print("equivit check: --adversarial takes a radius in pixels, 0 or more", file=sys.stderr)
+        return 2
     if len(args.img_size) not in (1, 2):
         print("equivit check: --img-size takes H or H W", file=sys.stderr)
         return 2
@@ -270,6 +302,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 device=torch.device(args.device),
                 checkpoint=args.checkpoint,
                 progress=not args.no_progress,
+                adversarial=args.adversarial,
             )
         except equivit.UnsupportedModelError as error:
             print(f"equivit check: {name}: {error}", file=sys.stderr)
@@ -282,10 +315,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             status = 2
     if rows:
         print()
-        print(format_table(rows))
+        print(format_table(rows, args.adversarial))
         print()
         print("circular shift: images whose top-1 class is unchanged under random circular shifts (exact for equivit)")
         print("crop shift: pairs of crops of a larger photo with the same top-1 (new content enters at the border)")
+        if args.adversarial:
+            print(
+                f"every ... <= {args.adversarial} px: images whose top-1 holds for every shift within "
+                f"{args.adversarial} px per axis (worst case; circular: exact for equivit; crop: a window "
+                "moving from the centre of a larger photo; fractional: bilinear translations by half pixels)"
+            )
         print(
             "speed vs stock: converted / stock forward throughput, median of interleaved pairs of runs "
             "(their range in brackets; 1.00 = as fast as stock)"
