@@ -3,6 +3,8 @@
 - :func:`shift_consistency`: how often a classifier keeps its top-1 under random circular shifts.
 - :func:`crop_consistency`: the same under crop shifts (two crops of a larger image), which bring
   new content in at the border and so are not exactly invariant for any model.
+- :func:`worst_case_consistency`: the share of images whose top-1 holds for *every* circular, crop
+  or fractional shift within a radius (adversarial shift robustness).
 - :func:`assert_shift_invariant`, :func:`assert_shift_equivariant`: assertions for your own tests.
 - :func:`perturb_weights_`: give a fresh model trained-looking norms and embeddings.
 - :func:`calibrate_batch_norms_`: give a fresh CNN the batch-norm statistics of real images.
@@ -16,6 +18,7 @@
 from __future__ import annotations
 
 from equivit.device_paths import accelerator_paths
+from equivit.testing.adversarial import WorstCase, translate, worst_case_consistency
 from equivit.testing.assertions import assert_shift_equivariant, assert_shift_invariant, find_rolls
 from equivit.testing.consistency import ShiftConsistency, crop_consistency, random_shifts, shift_consistency
 from equivit.testing.families import FAMILIES, make_images
@@ -28,6 +31,7 @@ __all__ = [
     "PHOTOS",
     "KernelOpCount",
     "ShiftConsistency",
+    "WorstCase",
     "accelerator_paths",
     "assert_shift_equivariant",
     "assert_shift_invariant",
@@ -40,4 +44,6 @@ __all__ = [
     "perturb_weights_",
     "random_shifts",
     "shift_consistency",
+    "translate",
+    "worst_case_consistency",
 ]
