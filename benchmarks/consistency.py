@@ -18,6 +18,15 @@ logit change within a pair. With ``--shifts K`` every image gives K - 1 pairs, s
 fewer forward passes.
 
     python benchmarks/consistency.py --pairs 7500 --stock-pairs 2000 --shifts 4 --models resnet18
+
+With ``--adversarial R`` it runs the worst-case protocol instead (:mod:`equivit.testing.adversarial`):
+per model, the share of the 16 scikit-image photos whose top-1 holds for *every* circular, crop and
+half-pixel shift within ``r`` pixels, for each ``r`` up to ``R``, stock vs converted, with weights
+made to look trained (``perturb_weights_``, batch norms calibrated on the photos) so that the top-1
+varies between photos. ``--families`` takes one example of every registered family instead of the
+models above; ``--plot FILE.svg`` draws the robust share against the radius.
+
+    python benchmarks/consistency.py --adversarial 8 --plot docs/img/adversarial.svg
 """
 
 from __future__ import annotations
@@ -33,7 +42,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import equivit
-from equivit.testing import random_shifts
+from equivit.testing import calibrate_batch_norms_, load_photos, perturb_weights_, random_shifts
+from equivit.testing.adversarial import SHIFT_KINDS, WorstCase, worst_case_consistency
 
 # (timm name, image size): sizes that keep a CPU run short while every family is represented
 # label: (timm name, image size, extra timm arguments); sizes that keep a CPU run short while every
@@ -152,6 +162,113 @@ def affine(images: torch.Tensor, seed: int) -> torch.Tensor:
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 
 
+def adversarial_models(
+    families: bool, labels: list[str]
+) -> dict[str, tuple[str, int | tuple[int, int], dict[str, Any]]]:
+    """The models of the worst-case protocol: ``labels`` of :data:`MODELS`, or the first example of every family."""
+    if not families:
+        return {label: MODELS[label] for label in labels}
+    from equivit.registry import registered_families
+
+    chosen = {}
+    for family in registered_families():
+        if family.examples:
+            example = next(iter(family.examples.values()))
+            chosen[f"{family.name} ({example.model_name})"] = (
+                example.model_name,
+                example.image_size,
+                dict(example.kwargs),
+            )
+    return chosen
+
+
+def svg_plot(curves: dict[str, dict[str, list[float]]], radius: int, path: str) -> None:
+    """Robust share against radius, one panel per kind of shift: stock dashed, equivit solid (mean over models)."""
+    width, height, margin = 260, 200, 40
+    colours = {"stock": "#d62728", "equivit": "#1f77b4"}
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{3 * width + 20}" height="{height + 60}" '
+        'font-family="sans-serif" font-size="12">',
+        f'<rect width="{3 * width + 20}" height="{height + 60}" fill="white"/>',
+    ]
+    for panel, kind in enumerate(SHIFT_KINDS):
+        left = 10 + panel * width
+        inner_w, inner_h = width - margin - 10, height - margin
+
+        def point(r: float, share: float, left: int = left, inner_w: int = inner_w, inner_h: int = inner_h) -> str:
+            return f"{left + margin + inner_w * r / radius:.1f},{20 + inner_h * (1 - share):.1f}"
+
+        parts.append(f'<text x="{left + margin + inner_w / 2}" y="14" text-anchor="middle">{kind} shifts</text>')
+        parts.append(f'<polyline points="{point(0, 1)} {point(0, 0)} {point(radius, 0)}" fill="none" stroke="#444"/>')
+        for tick in (0, 0.5, 1):
+            parts.append(f'<text x="{left + margin - 4}" y="{20 + inner_h * (1 - tick) + 4:.1f}" '
+                         f'text-anchor="end">{tick:g}</text>')  # fmt: skip
+        for r in range(0, radius + 1, max(1, radius // 4)):
+            x, y = point(r, 0).split(",")
+            parts.append(f'<text x="{x}" y="{float(y) + 14:.1f}" text-anchor="middle">{r}</text>')
+        parts.append(
+            f'<text x="{left + margin + inner_w / 2}" y="{height + 10}" text-anchor="middle">radius (px)</text>'
+        )
+        for variant, shares in curves[kind].items():
+            line = " ".join(point(r, share) for r, share in enumerate(shares))
+            dash = ' stroke-dasharray="5,3"' if variant == "stock" else ""
+            parts.append(f'<polyline points="{line}" fill="none" stroke="{colours[variant]}" stroke-width="2"{dash}/>')
+    for number, (variant, colour) in enumerate(colours.items()):
+        y = height + 40
+        x = 20 + 140 * number
+        dash = ' stroke-dasharray="5,3"' if variant == "stock" else ""
+        parts.append(f'<line x1="{x}" y1="{y}" x2="{x + 30}" y2="{y}" stroke="{colour}" stroke-width="2"{dash}/>')
+        parts.append(f'<text x="{x + 36}" y="{y + 4}">{variant} (share of photos robust)</text>')
+    parts.append("</svg>")
+    with open(path, "w") as handle:
+        handle.write("\n".join(parts) + "\n")
+
+
+def run_adversarial(args: argparse.Namespace) -> None:
+    """The worst-case protocol: robust shares per radius, stock vs converted, as a table (and a plot)."""
+    radius = args.adversarial
+    models = adversarial_models(args.families, args.models)
+    radii = sorted({r for r in (1, 2, 4, 8, 16, radius) if r <= radius})
+    print(
+        f"worst case within {radius} px, 16 scikit-image photos, trained-looking random weights (seed {args.seed}), "
+        f"torch {torch.__version__}, timm {timm.__version__}, {torch.get_num_threads()} threads"
+    )
+    print()
+    columns = " | ".join(f"<= {r} px" for r in radii)
+    print(f"| model | size | kind | variant | {columns} | seconds |")
+    print("|---|---|---|---|" + "---|" * len(radii) + "---|")
+    curves: dict[str, dict[str, list[list[float]]]] = {kind: {"stock": [], "equivit": []} for kind in SHIFT_KINDS}
+    for label, (name, size, kwargs) in models.items():
+        size = (size, size) if isinstance(size, int) else tuple(size)
+        torch.manual_seed(args.seed)
+        photos = load_photos(size)
+        stock = perturb_weights_(timm.create_model(name, pretrained=False, **kwargs), seed=args.seed).eval()
+        calibrate_batch_norms_(stock, photos)
+        converted = equivit.convert(stock).eval()
+        calibrate_batch_norms_(converted, photos)
+        larger = load_photos((size[0] + 2 * radius, size[1] + 2 * radius))
+        for kind in SHIFT_KINDS:
+            for variant, model in (("stock", stock), ("equivit", converted)):
+                start = time.perf_counter()
+                result: WorstCase = worst_case_consistency(
+                    model, larger if kind == "crop" else photos, radius, kind=kind, crop_size=size,
+                    batch_size=args.batch,
+                )  # fmt: skip
+                shares = " | ".join(f"{100 * result.robust_fraction(r):.0f} %" for r in radii)
+                seconds = time.perf_counter() - start
+                print(f"| {label} | {size[0]}x{size[1]} | {kind} | {variant} | {shares} | {seconds:.0f} |", flush=True)
+                curves[kind][variant].append([result.robust_fraction(r) for r in range(radius + 1)])
+    if args.plot:
+        means = {
+            kind: {
+                variant: [sum(c[r] for c in runs) / len(runs) for r in range(radius + 1)] for variant, runs in v.items()
+            }
+            for kind, v in curves.items()
+        }
+        svg_plot(means, radius, args.plot)
+        print(f"\nplot: {args.plot}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, default=2000, help="equivit pairs per model and protocol (default 2000)")
@@ -168,7 +285,13 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--protocols", nargs="+", default=list(PROTOCOLS), choices=list(PROTOCOLS))
+    parser.add_argument("--adversarial", type=int, default=0, metavar="R", help="the worst-case protocol up to R px")
+    parser.add_argument("--families", action="store_true", help="worst case: one example of every registered family")
+    parser.add_argument("--plot", default=None, metavar="FILE.svg", help="worst case: plot the robust share")
     args = parser.parse_args()
+    if args.adversarial:
+        run_adversarial(args)
+        return
     if args.shifts < 2:
         parser.error("--shifts must be at least 2")
     stock_pairs = args.pairs if args.stock_pairs is None else args.stock_pairs
