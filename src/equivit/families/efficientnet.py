@@ -86,6 +86,8 @@ def anchor_attention(model: nn.Module, report: ConversionReport, energy: Energy)
     main path, so they are converted here, before the chain of strides is counted; their maps are
     at the block's reduction times ``kv_stride``, which may exceed the network's last reduction.
 
+    A model with such attention cannot run an empty batch (timm reshapes with -1): the report says so.
+
     Returns:
         The reduction of the most reduced key/value map (1 when there is none).
 
@@ -105,6 +107,7 @@ def anchor_attention(model: nn.Module, report: ConversionReport, energy: Energy)
                     convert_sequence(getattr(module, branch), "down_conv", f"{name}.{branch}.", report, energy)
             module.__class__ = GridAnchoredMultiQueryAttention2d
             module.equivit_energy = energy
+            report.empty_batch_ok = False  # timm's multi-query attention reshapes with -1
             report.add(name, "MultiQueryAttention2d", "GridAnchoredMultiQueryAttention2d (period = the grid)")
             multiple = max(multiple, reduction * module.kv_stride)
         elif isinstance(module, nn.Conv2d) and ".key." not in name and ".value." not in name:
@@ -131,8 +134,6 @@ def convert_efficientnet(model: nn.Module, report: ConversionReport, energy: Ene
         UnsupportedModelError: For a convolution that cannot be converted (dynamic "same"
             padding), naming it.
     """
-    if any(isinstance(module, attention2d.MultiQueryAttention2d) for module in model.modules()):
-        report.empty_batch_ok = False  # timm's multi-query attention reshapes with -1
     key_value = anchor_attention(model, report, energy)
     stride = math.lcm(convert_convolutions(model, report, energy), key_value)
     report.input_multiple = (stride, stride)

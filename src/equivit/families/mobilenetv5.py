@@ -110,7 +110,8 @@ def convert_mobilenetv5(model: nn.Module, report: ConversionReport, energy: Ener
     The strided keys and values of the multi-query attention and every strided convolution are
     anchored (period = stride, circular padding), every other convolution pads circularly, the
     stem anchors the image with period = the total stride, and the fusion adapter becomes an
-    :class:`EquivariantMultiScaleFusionAdapter`. ``report.input_multiple`` is the total stride and
+    :class:`EquivariantMultiScaleFusionAdapter`. ``report.input_multiple`` is the total stride, the
+    reduction of the strided key/value maps and
     the adapter's ``16 x output_resolution`` (256 for timm's models), their least common multiple.
 
     Args:
@@ -121,17 +122,15 @@ def convert_mobilenetv5(model: nn.Module, report: ConversionReport, energy: Ener
     Raises:
         UnsupportedModelError: For a part that cannot be converted, naming it.
     """
-    if any(isinstance(module, attention2d.MultiQueryAttention2d) for module in model.modules()):
-        report.empty_batch_ok = False  # timm's multi-query attention reshapes with -1
     period = total_stride(model)
-    anchor_attention(model, report, energy)
+    key_value = anchor_attention(model, report, energy)
     convert_convolutions(model, report, energy)
     anchor_network_input(model, report, energy, "conv_stem", period)
-    multiple = (period, period)
+    multiple = (math.lcm(period, key_value), math.lcm(period, key_value))
     adapter = getattr(model, "msfa", None)
     if adapter is not None:
         fusion = _fusion_multiple(adapter)
-        multiple = (math.lcm(period, fusion[0]), math.lcm(period, fusion[1]))
+        multiple = (math.lcm(multiple[0], fusion[0]), math.lcm(multiple[1], fusion[1]))
         report.add("msfa", type(adapter).__name__, "EquivariantMultiScaleFusionAdapter (pools on its anchor)")
         adapter.__class__ = EquivariantMultiScaleFusionAdapter
         adapter.equivit_energy = energy
