@@ -196,12 +196,12 @@ def svg_plot(curves: dict[str, dict[str, list[float]]], radius: int, path: str) 
         inner_w, inner_h = width - margin - 10, height - margin
 
         def point(r: float, share: float, left: int = left, inner_w: int = inner_w, inner_h: int = inner_h) -> str:
-            return f"{left + margin + inner_w * r / radius:.1f},{20 + inner_h * (1 - share):.1f}"
+            return f"{left + margin + inner_w * r / radius:.1f},{24 + inner_h * (1 - share):.1f}"
 
         parts.append(f'<text x="{left + margin + inner_w / 2}" y="14" text-anchor="middle">{kind} shifts</text>')
         parts.append(f'<polyline points="{point(0, 1)} {point(0, 0)} {point(radius, 0)}" fill="none" stroke="#444"/>')
         for tick in (0, 0.5, 1):
-            parts.append(f'<text x="{left + margin - 4}" y="{20 + inner_h * (1 - tick) + 4:.1f}" '
+            parts.append(f'<text x="{left + margin - 4}" y="{24 + inner_h * (1 - tick) + 4:.1f}" '
                          f'text-anchor="end">{tick:g}</text>')  # fmt: skip
         for r in range(0, radius + 1, max(1, radius // 4)):
             x, y = point(r, 0).split(",")
@@ -215,10 +215,14 @@ def svg_plot(curves: dict[str, dict[str, list[float]]], radius: int, path: str) 
             parts.append(f'<polyline points="{line}" fill="none" stroke="{colours[variant]}" stroke-width="2"{dash}/>')
     for number, (variant, colour) in enumerate(colours.items()):
         y = height + 40
-        x = 20 + 140 * number
+        x = 20 + 120 * number
         dash = ' stroke-dasharray="5,3"' if variant == "stock" else ""
         parts.append(f'<line x1="{x}" y1="{y}" x2="{x + 30}" y2="{y}" stroke="{colour}" stroke-width="2"{dash}/>')
-        parts.append(f'<text x="{x + 36}" y="{y + 4}">{variant} (share of photos robust)</text>')
+        parts.append(f'<text x="{x + 36}" y="{y + 4}">{"stock timm" if variant == "stock" else "equivit"}</text>')
+    parts.append(
+        f'<text x="260" y="{height + 44}">vertical: share of photos whose top-1 holds for every shift within the '
+        "radius (mean over models)</text>"
+    )
     parts.append("</svg>")
     with open(path, "w") as handle:
         handle.write("\n".join(parts) + "\n")
