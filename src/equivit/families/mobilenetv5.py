@@ -27,7 +27,7 @@ from timm.models._features_fx import register_notrace_module
 from torch import nn
 
 from equivit.anchor_core import anchor
-from equivit.cnn_policy import anchor_network_input, convert_convolutions, total_stride
+from equivit.cnn_policy import convert_network
 from equivit.energy import Energy
 from equivit.families.efficientnet import anchor_attention
 from equivit.registry import Example, Family, types_named
@@ -122,19 +122,17 @@ def convert_mobilenetv5(model: nn.Module, report: ConversionReport, energy: Ener
     Raises:
         UnsupportedModelError: For a part that cannot be converted, naming it.
     """
-    period = total_stride(model)
-    key_value = anchor_attention(model, report, energy)
-    convert_convolutions(model, report, energy)
-    anchor_network_input(model, report, energy, "conv_stem", period)
-    multiple = (math.lcm(period, key_value), math.lcm(period, key_value))
+    key_value = anchor_attention(model, report, energy)  # first: convert_network then leaves them alone
+    convert_network(model, report, energy, entry="conv_stem")
+    height, width = (math.lcm(side, key_value) for side in report.input_multiple)
     adapter = getattr(model, "msfa", None)
     if adapter is not None:
         fusion = _fusion_multiple(adapter)
-        multiple = (math.lcm(multiple[0], fusion[0]), math.lcm(multiple[1], fusion[1]))
+        height, width = math.lcm(height, fusion[0]), math.lcm(width, fusion[1])
         report.add("msfa", type(adapter).__name__, "EquivariantMultiScaleFusionAdapter (pools on its anchor)")
         adapter.__class__ = EquivariantMultiScaleFusionAdapter
         adapter.equivit_energy = energy
-    report.input_multiple = multiple
+    report.input_multiple = (height, width)
 
 
 FAMILY = Family(
