@@ -214,3 +214,37 @@ def rounding_tolerance(model: torch.nn.Module, images: torch.Tensor, floor: floa
         double = copy.deepcopy(model).double()(images.double())
     scale = max(1.0, float(double.abs().max()))
     return max(floor * scale, 4 * float((single.double() - double).abs().max()))
+
+
+def circular_symmetries(image: torch.Tensor) -> list[tuple[int, int]]:
+    """Every nonzero circular roll ``(dy, dx)`` that leaves ``image`` ``(C, H, W)`` unchanged."""
+    height, width = image.shape[-2:]
+    return [
+        (dy, dx)
+        for dy in range(height)
+        for dx in range(width)
+        if (dy, dx) != (0, 0) and torch.equal(torch.roll(image, (dy, dx), (-2, -1)), image)
+    ]
+
+
+def assert_moves_with_shift(
+    shifted: torch.Tensor, reference: torch.Tensor, shift: tuple[int, int], images: torch.Tensor, atol: float = 0.0
+) -> None:
+    """Each full-resolution output of a shifted image is the unshifted output rolled by the shift.
+
+    For an image with a circular symmetry (a roll ``g`` that leaves it unchanged) the shift is only
+    defined up to ``g``: the image shifted by ``s`` *is* the image shifted by ``s + g``, so the
+    output may be the reference rolled by ``s + g`` for such a ``g``. Only then, and only with a
+    symmetry of that very image, is another roll accepted.
+    """
+    for index in range(shifted.shape[0]):
+        expected = torch.roll(reference[index], shift, (-2, -1))
+        if torch.allclose(shifted[index], expected, rtol=0, atol=atol):
+            continue
+        symmetries = circular_symmetries(images[index])
+        assert any(
+            torch.allclose(shifted[index], torch.roll(expected, g, (-2, -1)), rtol=0, atol=atol) for g in symmetries
+        ), (
+            f"sample {index}, shift {shift}: output differs from the shifted output by up to "
+            f"{float((shifted[index] - expected).abs().max()):.3g} (image symmetries: {symmetries[:4]})"
+        )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from equivit import fused, fx, layers  # fx: registers equivit's layers as FX leaves with timm
+from equivit import fused, fx, layers, segmentation, upsample  # fx: registers equivit's layers as FX leaves
 from equivit.canonical import cyclic_rotation_rank
 from equivit.checkpoint import load_stock_checkpoint
 from equivit.convert import SUPPORTED, convert, convert_state_dict, create_model, is_converted
@@ -15,6 +15,7 @@ from equivit.polyphase import (
 )
 from equivit.report import ConversionReport, UnsupportedModelError
 from equivit.roll import roll_from_anchor, roll_to_anchor
+from equivit.segmentation import create_segmenter
 
 __version__ = "0.1.0"
 
@@ -28,6 +29,7 @@ __all__ = [
     "convert",
     "convert_state_dict",
     "create_model",
+    "create_segmenter",
     "cyclic_rotation_rank",
     "fused",
     "fx",
@@ -38,5 +40,7 @@ __all__ = [
     "polyphase_energy",
     "roll_from_anchor",
     "roll_to_anchor",
+    "segmentation",
     "unresolved_ties",
+    "upsample",
 ]
