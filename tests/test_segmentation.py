@@ -34,16 +34,6 @@ BACKBONES = {
     "maxvit_nano_rw_256": ((128, 128), {"img_size": 128}),
     "mobilenetv3_small_100": ((64, 64), {}),
 }
-# Bit for bit: every layer of these sees the same numbers in the same order under a shift.
-EXACT = {
-    "resnet18",
-    "convnext_atto",
-    "pvt_v2_b0",
-    "twins_pcpvt_small",
-    "swin_tiny_patch4_window7_224",
-    "dla34",
-    "hrnet_w18_small",
-}
 DEFAULT = ["resnet18", "pvt_v2_b0", "swin_tiny_patch4_window7_224", "vit_tiny_patch16_224"]
 
 
@@ -64,8 +54,14 @@ def photos(size: tuple[int, int]) -> torch.Tensor:
 
 @functools.cache
 def tolerance(name: str) -> float:
-    """0 where the backbone's maps are bit for bit; else float32 rounding, measured against float64."""
-    return 0.0 if name in EXACT else rounding_tolerance(segmenter(name), photos(BACKBONES[name][0]))
+    """float32 rounding, measured against float64.
+
+    The backbones' maps move bit for bit in a single process, but a convolution's kernels may
+    round a position at the edge of a block differently from one inside (measured: a 1x1
+    convolution of 512 channels on a 2 x 3 map, one thread, 2.4e-6), so bit-for-bit equality would
+    test the kernels, not the construction. The controls below miss by 1e-3 of the scale or more.
+    """
+    return rounding_tolerance(segmenter(name), photos(BACKBONES[name][0]))
 
 
 def test_smoke_shapes_period_and_stock_weights() -> None:
