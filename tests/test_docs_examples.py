@@ -59,3 +59,20 @@ def test_index_and_readme_snippets_run() -> None:
 def _readme_block() -> str:
     text = (DOCS.parent / "README.md").read_text()
     return re.findall(r"```python\n(.*?)```", text, flags=re.DOTALL)[0]
+
+
+def test_dense_prediction_examples() -> None:
+    blocks = python_blocks("dense.md")
+    assert len(blocks) == 2
+    namespace: dict[str, object] = {}
+    exec(compile(blocks[0], "docs/dense.md", "exec"), namespace)
+    logits, shifted = namespace["logits"], namespace["shifted"]
+    import torch
+
+    assert logits.shape == (2, 11, 64, 96)
+    assert float((shifted - torch.roll(logits, (5, -3), dims=(2, 3))).abs().max()) <= 1e-4 * float(logits.abs().max())
+    # The decoder sketch runs once its head and images are given.
+    head = torch.nn.Conv2d(32, 4, 3, padding=1, padding_mode="circular")
+    sketch = {"head": lambda maps: head(maps[0]), "images": torch.randn(1, 3, 64, 64), "equivit": namespace["equivit"]}
+    exec(compile(blocks[1], "docs/dense.md", "exec"), sketch)
+    assert sketch["logits"].shape == (1, 4, 64, 64)

@@ -13,7 +13,7 @@ from torch import nn
 
 import equivit
 from equivit.segmentation import AnchoredFeatures, FPNDecoder, Segmenter, anchor_period, create_segmenter
-from equivit.testing import FAMILIES, load_photos, make_images, perturb_weights_
+from equivit.testing import FAMILIES, assert_shift_equivariant, load_photos, make_images, perturb_weights_
 from helpers import assert_moves_with_shift, rounding_tolerance
 
 # (timm name, image size, timm arguments): one backbone per way a family is converted. ResNet:
@@ -208,3 +208,11 @@ def test_compiles_to_one_graph_with_the_eager_output() -> None:
     compiled = torch.compile(model, fullgraph=True, backend="aot_eager", dynamic=False)
     with torch.no_grad():
         assert torch.allclose(compiled(images), model(images), rtol=0, atol=rounding_tolerance(model, images))
+
+
+def test_the_public_assertion_checks_a_segmenter_at_stride_one() -> None:
+    images = photos((64, 96))
+    model = segmenter("resnet18")
+    assert_shift_equivariant(model, images, output_stride=1, shifts_per_input=3, rtol=0, atol=tolerance("resnet18"))
+    with pytest.raises(AssertionError, match="not shift-equivariant"):
+        assert_shift_equivariant(segmenter("resnet18", equivariant=False), images, output_stride=1)
