@@ -108,7 +108,7 @@ def test_anchor_period_takes_the_network_input_anchor_into_account() -> None:
         (lambda: FPNDecoder([8], [4], channels=0), ValueError, "channels must be a positive int"),
         (lambda: FPNDecoder([8, 8], [4, 8])([torch.randn(1, 8, 2, 2)]), ValueError, "built for 2 maps, got 1"),
         (lambda: AnchoredFeatures(equivit.create_model("resnet18", features_only=True), "l3"), ValueError, "'l3'"),
-        (lambda: segmenter("resnet18")(torch.randn(1, 3, 40, 64)), ValueError, "40"),
+        (lambda: segmenter("resnet18")(torch.randn(1, 3, 40, 64)), ValueError, "40 x 64 is not a multiple of 32"),
         (lambda: segmenter("resnet18")(torch.randn(3, 64, 64)), ValueError, "images"),
     ],
 )

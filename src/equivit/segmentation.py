@@ -87,7 +87,8 @@ class AnchoredFeatures(nn.Module):
         ValueError: If it is not converted, or ``energy`` is neither ``"l1"`` nor ``"l2"``.
 
     Shape:
-        - input: :math:`(B, C, H, W)`, ``H`` and ``W`` multiples of the backbone's ``input_multiple``
+        - input: :math:`(B, C, H, W)`, ``H`` and ``W`` multiples of :attr:`period` and of the backbone's
+          ``equivit_report.input_multiple``
         - output: a list of maps :math:`(B, C_i, H / r_i, W / r_i)` (channels first), and offsets :math:`(B, 2)`
     """
 
@@ -109,6 +110,12 @@ class AnchoredFeatures(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         """The maps of the anchored image (channels first) and the image's anchor offsets."""
+        if x.dim() == 4 and (x.shape[-2] % self.period or x.shape[-1] % self.period):
+            raise ValueError(
+                f"image size {x.shape[-2]} x {x.shape[-1]} is not a multiple of {self.period}, the period of the "
+                f"image anchor (the least common multiple of the backbone's reductions {self.reductions}); crop or "
+                f"resize the images to multiples of {self.period} (padding would break the equivariance)"
+            )
         anchored, offsets = anchor(x, self.period, self.period, self.energy, False)
         return _nchw(self.backbone(anchored), self.channels_last), offsets
 
@@ -231,7 +238,7 @@ class Segmenter(nn.Module):
         ValueError: If ``equivariant`` and the backbone is not converted, or an argument is invalid.
 
     Shape:
-        - input: :math:`(B, C, H, W)`
+        - input: :math:`(B, C, H, W)`, sizes as :class:`AnchoredFeatures` takes them when ``equivariant``
         - output: :math:`(B, K, H, W)`, ``K = num_classes``
 
     Examples:
