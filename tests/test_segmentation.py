@@ -12,8 +12,16 @@ from hypothesis import strategies as st
 from torch import nn
 
 import equivit
+from equivit.device_paths import accelerator_paths
 from equivit.segmentation import AnchoredFeatures, FPNDecoder, Segmenter, anchor_period, create_segmenter
-from equivit.testing import FAMILIES, assert_shift_equivariant, load_photos, make_images, perturb_weights_
+from equivit.testing import (
+    FAMILIES,
+    assert_shift_equivariant,
+    count_kernel_ops,
+    load_photos,
+    make_images,
+    perturb_weights_,
+)
 from helpers import assert_moves_with_shift, rounding_tolerance
 
 # (timm name, image size, timm arguments): one backbone per way a family is converted. ResNet:
@@ -216,3 +224,26 @@ def test_the_public_assertion_checks_a_segmenter_at_stride_one() -> None:
     assert_shift_equivariant(model, images, output_stride=1, shifts_per_input=3, rtol=0, atol=tolerance("resnet18"))
     with pytest.raises(AssertionError, match="not shift-equivariant"):
         assert_shift_equivariant(segmenter("resnet18", equivariant=False), images, output_stride=1)
+
+
+@pytest.mark.parametrize("images", ["random", "constant"])
+def test_forward_and_training_step_read_nothing_back(images: str) -> None:
+    """On the accelerator paths (CPU tensors taking a GPU's branches): no host reads, no host copies."""
+    model = segmenter("pvt_v2_b0")
+    batch = make_images(images, (2, 3, 64, 96), seed=0)
+    with accelerator_paths():
+        with torch.no_grad():
+            model(batch)  # builds the index tables and weights of these shapes
+            forward = count_kernel_ops(model, batch)
+        model.train()
+
+        def step() -> None:
+            nn.functional.cross_entropy(model(batch), torch.zeros(2, 64, 96, dtype=torch.long)).backward()
+
+        try:
+            training = count_kernel_ops(step)
+        finally:
+            model.zero_grad(set_to_none=True)
+            model.eval()
+    assert forward.host_reads == training.host_reads == 0, forward.by_op
+    assert forward.host_copies == training.host_copies == 0, forward.by_op

@@ -13,6 +13,7 @@ image, not only with multiples of ``P``.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Literal
 
 import torch
@@ -20,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from equivit.roll import roll_from_anchor
+from equivit.tables import cached_table
 
 __all__ = ["UPSAMPLE_MODES", "EquivariantUpsample", "circular_upsample", "upsample_to_image"]
 
@@ -91,6 +93,18 @@ def circular_upsample(
     return _bilinear_along(_bilinear_along(x, fh, 2), fw, 3)
 
 
+def _phase_weights(factor: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Weights of cells ``i - 1``, ``i``, ``i + 1`` for each output phase, built on ``device``.
+
+    Shape:
+        - output: :math:`(3, factor)`
+    """
+    position = (torch.arange(factor, dtype=torch.float64, device=device) + 0.5) / factor - 0.5  # in (-0.5, 0.5)
+    previous = (-position).clamp(min=0)
+    following = position.clamp(min=0)
+    return torch.stack([previous, 1 - previous - following, following]).to(dtype)
+
+
 def _bilinear_along(x: torch.Tensor, factor: int, dim: int) -> torch.Tensor:
     """Linear interpolation by ``factor`` along ``dim`` (2 or 3), circular, the same arithmetic at every cell.
 
@@ -102,12 +116,9 @@ def _bilinear_along(x: torch.Tensor, factor: int, dim: int) -> torch.Tensor:
     """
     if factor == 1:
         return x
-    position = (torch.arange(factor, dtype=torch.float64) + 0.5) / factor - 0.5  # in (-0.5, 0.5)
-    previous = (-position).clamp(min=0)
-    following = position.clamp(min=0)
-    weights = torch.stack([previous, 1 - previous - following, following]).to(device=x.device, dtype=x.dtype)
-    shape = [3, factor, 1] if dim == 2 else [3, factor]  # the phase axis sits right after ``dim``
-    weights = weights.view(shape)
+    build = partial(_phase_weights, factor, x.dtype, x.device)
+    weights = cached_table(("upsample-weights", factor, str(x.dtype)), x.device, build)
+    weights = weights.view([3, factor, 1] if dim == 2 else [3, factor])  # the phase axis sits right after ``dim``
     step = x.unsqueeze(dim + 1)
     up = weights[0] * torch.roll(step, 1, dim) + weights[1] * step + weights[2] * torch.roll(step, -1, dim)
     sizes = list(x.shape)
