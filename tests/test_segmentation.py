@@ -247,3 +247,15 @@ def test_forward_and_training_step_read_nothing_back(images: str) -> None:
             model.eval()
     assert forward.host_reads == training.host_reads == 0, forward.by_op
     assert forward.host_copies == training.host_copies == 0, forward.by_op
+
+
+@settings(max_examples=5, deadline=None)
+@given(
+    size=st.tuples(st.sampled_from([32, 64, 96]), st.sampled_from([32, 64, 96])),
+    shift=st.tuples(st.integers(-100, 100), st.integers(-100, 100)),
+    seed=st.integers(0, 2**16),
+)
+def test_any_size_the_backbone_takes(size: tuple[int, int], shift: tuple[int, int], seed: int) -> None:
+    """Square and non-square sizes, shifts larger than the image included (they wrap)."""
+    images = make_images("quantised", (2, 3, *size), seed=seed)
+    _check_dense("pvt_v2_b0", images, shift)
