@@ -163,16 +163,23 @@ def affine(images: torch.Tensor, seed: int) -> torch.Tensor:
 
 
 def adversarial_models(
-    families: bool, labels: list[str]
+    families: bool, labels: list[str], names: list[str] | None = None
 ) -> dict[str, tuple[str, int | tuple[int, int], dict[str, Any]]]:
-    """The models of the worst-case protocol: ``labels`` of :data:`MODELS`, or the first example of every family."""
+    """The models of the worst-case protocol: ``labels`` of :data:`MODELS`, or the first example of every family.
+
+    ``names`` keeps only the families of those names (to resume or split a sweep).
+    """
     if not families:
         return {label: MODELS[label] for label in labels}
     from equivit.registry import registered_families
 
+    known = {family.name for family in registered_families()}
+    unknown = sorted(set(names or ()) - known)
+    if unknown:
+        raise SystemExit(f"unknown families {unknown}; registered: {sorted(known)}")
     chosen = {}
     for family in registered_families():
-        if family.examples:
+        if family.examples and (not names or family.name in names):
             example = next(iter(family.examples.values()))
             chosen[f"{family.name} ({example.model_name})"] = (
                 example.model_name,
@@ -231,7 +238,7 @@ def svg_plot(curves: dict[str, dict[str, list[float]]], radius: int, path: str) 
 def run_adversarial(args: argparse.Namespace) -> None:
     """The worst-case protocol: robust shares per radius, stock vs converted, as a table (and a plot)."""
     radius = args.adversarial
-    models = adversarial_models(args.families, args.models)
+    models = adversarial_models(args.families, args.models, args.family_names)
     radii = sorted({r for r in (1, 2, 4, 8, 16, radius) if r <= radius})
     print(
         f"worst case within {radius} px, 16 scikit-image photos, trained-looking random weights (seed {args.seed}), "
@@ -292,6 +299,9 @@ def main() -> None:
     parser.add_argument("--adversarial", type=int, default=0, metavar="R", help="the worst-case protocol up to R px")
     parser.add_argument("--families", action="store_true", help="worst case: one example of every registered family")
     parser.add_argument("--plot", default=None, metavar="FILE.svg", help="worst case: plot the robust share")
+    parser.add_argument(
+        "--family-names", nargs="+", default=None, metavar="NAME", help="with --families: only these families"
+    )
     args = parser.parse_args()
     if args.adversarial:
         run_adversarial(args)
