@@ -14,11 +14,15 @@ from equivit.report import shape_text
 __all__ = ["check_energy", "check_input", "normalize_stride", "require_tensor", "spatial_size"]
 
 
-def normalize_stride(stride: int | tuple[int, int] | list[int]) -> tuple[int, int]:
+def normalize_stride(
+    stride: int | tuple[int, int] | list[int], name: str = "stride", axes: str = "(sh, sw)"
+) -> tuple[int, int]:
     """Turn an int or a pair into a pair of positive ints.
 
     Args:
         stride: One period for both axes, or ``(sh, sw)``.
+        name: What the value is called in the error message (``"factor"`` for upsampling).
+        axes: How the error message writes the pair.
 
     Returns:
         ``(sh, sw)``.
@@ -28,7 +32,7 @@ def normalize_stride(stride: int | tuple[int, int] | list[int]) -> tuple[int, in
     """
     pair = (stride, stride) if isinstance(stride, int) else tuple(stride) if isinstance(stride, (tuple, list)) else ()
     if len(pair) != 2 or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in pair):
-        raise ValueError(f"stride must be a positive int or a pair (sh, sw) of positive ints, got {stride!r}")
+        raise ValueError(f"{name} must be a positive int or a pair {axes} of positive ints, got {stride!r}")
     return pair  # type: ignore[return-value]
 
 

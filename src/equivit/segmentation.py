@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from equivit.anchor_checks import check_energy
 from equivit.anchor_core import anchor
 from equivit.convert import convert, is_converted
 from equivit.energy import Energy
@@ -65,6 +66,11 @@ def anchor_period(backbone: nn.Module) -> int:
     return math.lcm(own, *reductions)
 
 
+def _is_channels_last(backbone: nn.Module) -> bool:
+    """Whether timm's wrapper returns ``(B, H, W, C)`` maps (Swin's, for instance)."""
+    return str(getattr(backbone, "output_fmt", "NCHW")).endswith("NHWC")
+
+
 def _nchw(maps: Sequence[torch.Tensor], channels_last: bool) -> list[torch.Tensor]:
     return [m.permute(0, 3, 1, 2) for m in maps] if channels_last else list(maps)
 
@@ -101,12 +107,11 @@ class AnchoredFeatures(nn.Module):
                 f"{type(backbone).__name__}: pass equivit.convert(backbone), or build it with "
                 f"equivit.create_model(name, features_only=True)"
             )
-        if energy not in ("l1", "l2"):
-            raise ValueError(f"energy must be 'l1' or 'l2', got {energy!r}")
+        check_energy(energy)
         self.backbone = backbone
         self.energy = energy
         self.period = anchor_period(backbone)
-        self.channels_last = str(getattr(backbone, "output_fmt", "NCHW")).endswith("NHWC")
+        self.channels_last = _is_channels_last(backbone)
 
     def forward(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         """The maps of the anchored image (channels first) and the image's anchor offsets."""
@@ -267,7 +272,7 @@ class Segmenter(nn.Module):
             self.features: nn.Module = AnchoredFeatures(backbone, energy)
         else:
             self.features = backbone
-        self.channels_last = str(getattr(backbone, "output_fmt", "NCHW")).endswith("NHWC")
+        self.channels_last = _is_channels_last(backbone)
         self.reduction = reductions[0]
         self.decoder = FPNDecoder(in_channels, reductions, channels, equivariant=equivariant, mode=mode)
         self.classifier = nn.Conv2d(channels, num_classes, 1)

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from equivit.anchor_checks import normalize_stride, require_tensor
 from equivit.roll import roll_from_anchor
 from equivit.tables import cached_table
 
@@ -30,20 +31,12 @@ UPSAMPLE_MODES: tuple[str, ...] = ("bilinear", "nearest")
 
 
 def _check_map(x: object, name: str) -> torch.Tensor:
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} expects a torch.Tensor, got {type(x).__name__}")
-    if x.dim() != 4 or not x.is_floating_point():
+    require_tensor(x, name)
+    if x.dim() != 4 or not x.is_floating_point():  # type: ignore[union-attr]
         raise ValueError(
-            f"{name} expects a 4-D floating-point map (B, C, H, W), got shape {tuple(x.shape)} of {x.dtype}"
+            f"{name} expects a 4-D floating-point map (B, C, H, W), got shape {tuple(x.shape)} of {x.dtype}"  # type: ignore[union-attr]
         )
-    return x
-
-
-def _factor(factor: object) -> tuple[int, int]:
-    pair = (factor, factor) if isinstance(factor, int) else tuple(factor) if isinstance(factor, (tuple, list)) else ()
-    if len(pair) != 2 or not all(isinstance(f, int) and not isinstance(f, bool) and f > 0 for f in pair):
-        raise ValueError(f"factor must be a positive int or a pair (f_h, f_w) of positive ints, got {factor!r}")
-    return pair  # type: ignore[return-value]
+    return x  # type: ignore[return-value]
 
 
 def _check_mode(mode: object) -> None:
@@ -84,7 +77,7 @@ def circular_upsample(
         True
     """
     _check_map(x, "circular_upsample")
-    fh, fw = _factor(factor)
+    fh, fw = normalize_stride(factor, "factor", "(f_h, f_w)")
     _check_mode(mode)
     if fh == 1 and fw == 1:
         return x
@@ -176,7 +169,7 @@ class EquivariantUpsample(nn.Module):
 
     def __init__(self, factor: int | tuple[int, int], mode: UpsampleMode = "bilinear") -> None:
         super().__init__()
-        self.factor = _factor(factor)
+        self.factor = normalize_stride(factor, "factor", "(f_h, f_w)")
         _check_mode(mode)
         self.mode = mode
 
